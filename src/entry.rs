@@ -1,0 +1,89 @@
+//! The C ABI boundary: the `python_module` record gmond looks up, and the
+//! three functions it calls. Each is a thin shell around safe code in
+//! `host`, run inside `guard::ffi_boundary` so no panic reaches gmond.
+
+use std::ptr;
+
+use libc::c_int;
+
+use crate::ffi::{self, apr_pool_t, g_val_t, mmodule};
+use crate::{gmond_config, gmond_log, guard, host};
+
+/// The module record. gmond writes several fields into it before checking
+/// the magic numbers, so it must be a writable static, not a constant.
+#[unsafe(no_mangle)]
+#[allow(non_upper_case_globals)]
+pub static mut python_module: mmodule = mmodule {
+    version: ffi::MMODULE_MAGIC_NUMBER_MAJOR as c_int,
+    minor_version: ffi::MMODULE_MAGIC_NUMBER_MINOR as c_int,
+    name: c"modpython".as_ptr(),
+    dynamic_load_handle: ptr::null_mut(),
+    module_name: ptr::null_mut(),
+    metric_name: ptr::null_mut(),
+    module_params: ptr::null_mut(),
+    module_params_list: ptr::null_mut(),
+    config_file: ptr::null_mut(),
+    next: ptr::null_mut(),
+    magic: ffi::MMODULE_MAGIC_COOKIE as libc::c_ulong,
+    init: Some(init),
+    cleanup: Some(cleanup),
+    metrics_info: ptr::null_mut(),
+    handler: Some(handler),
+};
+
+extern "C" fn init(pool: *mut apr_pool_t) -> c_int {
+    guard::ffi_boundary(
+        "init",
+        || -1,
+        || {
+            gmond_log::install();
+            let module = &raw mut python_module;
+            // SAFETY: gmond filled these fields at load time and calls init on its
+            // main thread; nothing else touches the record concurrently.
+            let (params, list, config) = unsafe {
+                (
+                    (*module).module_params,
+                    (*module).module_params_list,
+                    (*module).config_file,
+                )
+            };
+            let input = host::InitInput {
+                module_dir: (!params.is_null())
+                    // SAFETY: a NUL-terminated APR copy of the config's `params`.
+                    .then(|| {
+                        unsafe { std::ffi::CStr::from_ptr(params) }
+                            .to_string_lossy()
+                            .into_owned()
+                    }),
+                // SAFETY: gmond's own module_params_list (an array of mmparam).
+                host_params: unsafe { gmond_config::read_param_list(list) },
+                // SAFETY: gmond's parsed configuration root, alive for the process.
+                blocks: unsafe { gmond_config::read_module_blocks(config) },
+                pool,
+            };
+            match host::init(input) {
+                Ok(table) => {
+                    // SAFETY: as above; gmond reads metrics_info right after init returns.
+                    unsafe { (*module).metrics_info = table };
+                    0
+                }
+                Err(message) => {
+                    log::error!("{message}");
+                    -1
+                }
+            }
+        },
+    )
+}
+
+extern "C" fn handler(index: c_int) -> g_val_t {
+    guard::ffi_boundary(
+        "handler",
+        || host::fallback_value(index),
+        || host::collect(index),
+    )
+}
+
+extern "C" fn cleanup() {
+    guard::ffi_boundary("cleanup", || (), host::cleanup)
+}

@@ -1,0 +1,49 @@
+//! Raw declarations of everything modpython shares with gmond: the generated
+//! module ABI types, and the gmond, APR and libconfuse functions we call.
+//! Nothing here has logic; the safe wrappers live with the code that owns them.
+
+#![allow(
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    dead_code
+)]
+#![allow(clippy::all, clippy::undocumented_unsafe_blocks)]
+
+use libc::{c_char, c_int, c_uint, c_void};
+
+include!(concat!(env!("OUT_DIR"), "/gmond_abi.rs"));
+
+/// libconfuse's boolean (`cfg_bool_t`), a 4-byte enum: 0 false, 1 true.
+pub type cfg_bool_t = c_uint;
+
+/// An APR table (`apr_table_t`); opaque, we only add entries to it.
+#[repr(C)]
+pub struct apr_table_t {
+    _private: [u8; 0],
+}
+
+unsafe extern "C" {
+    // libganglia: gmond's logger. Both take a printf format; we always pass "%s".
+    pub fn err_msg(fmt: *const c_char, ...);
+    pub fn debug_msg(fmt: *const c_char, ...);
+    pub fn get_debug_msg_level() -> c_int;
+
+    // APR (libapr-1), for the metadata tables gmond reads from Ganglia_25metric.
+    pub fn apr_pool_create_ex(
+        newpool: *mut *mut apr_pool_t,
+        parent: *mut apr_pool_t,
+        abort_fn: *mut c_void,
+        allocator: *mut c_void,
+    ) -> c_int;
+    pub fn apr_table_make(pool: *mut apr_pool_t, nelts: c_int) -> *mut apr_table_t;
+    pub fn apr_table_add(table: *mut apr_table_t, key: *const c_char, val: *const c_char);
+
+    // libconfuse, for walking gmond's parsed configuration.
+    pub fn cfg_getsec(cfg: *mut cfg_t, name: *const c_char) -> *mut cfg_t;
+    pub fn cfg_getnsec(cfg: *mut cfg_t, name: *const c_char, index: c_uint) -> *mut cfg_t;
+    pub fn cfg_size(cfg: *mut cfg_t, name: *const c_char) -> c_uint;
+    pub fn cfg_getstr(cfg: *mut cfg_t, name: *const c_char) -> *mut c_char;
+    pub fn cfg_getbool(cfg: *mut cfg_t, name: *const c_char) -> cfg_bool_t;
+    pub fn cfg_title(cfg: *mut cfg_t) -> *const c_char;
+}

@@ -1,0 +1,82 @@
+//! `log` → gmond's own logger, so every message (ours and, through the
+//! `ganglia` module, Python's) lands where gmond's do: stderr in the
+//! foreground, syslog when daemonized.
+//!
+//! Error and Warn always reach `err_msg`; Info and below go to `debug_msg`,
+//! which gmond prints only at debug level > 1.
+
+use std::ffi::CString;
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+use crate::ffi;
+
+/// Where log lines go. Outside gmond (the tools, unit tests) libganglia's
+/// `err_msg` still works: it writes to stderr.
+struct GmondLogger;
+
+static LOGGER: GmondLogger = GmondLogger;
+
+/// Installs the logger once per process; later calls are no-ops.
+pub fn install() {
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(LevelFilter::Trace);
+    }
+}
+
+/// The prefix every operator-facing line starts with.
+pub const PREFIX: &str = "[modpython]";
+
+/// gmond's effective debug level (`-d` beats `globals.debug_level`).
+pub fn debug_level() -> i32 {
+    // SAFETY: a plain getter in libganglia; no arguments, no preconditions.
+    unsafe { ffi::get_debug_msg_level() }
+}
+
+/// Turns a message into a C string gmond can print: interior NULs would cut it
+/// short, so they become spaces.
+fn c_line(text: &str) -> CString {
+    let bytes: Vec<u8> = text
+        .bytes()
+        .map(|b| if b == 0 { b' ' } else { b })
+        .collect();
+    CString::new(bytes).unwrap_or_default()
+}
+
+impl Log for GmondLogger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= Level::Warn || debug_level() > 1
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let tag = match record.level() {
+            Level::Error => "error: ",
+            Level::Warn => "warning: ",
+            _ => "",
+        };
+        let message = record.args().to_string();
+        // One err_msg per line: syslog shows multi-line messages badly.
+        for (i, line) in message.lines().enumerate() {
+            let text = if i == 0 {
+                format!("{PREFIX} {tag}{line}")
+            } else {
+                format!("{PREFIX}   {line}")
+            };
+            let line = c_line(&text);
+            // SAFETY: constant "%s" format with one NUL-terminated argument that
+            // outlives the call; libganglia copies what it needs.
+            unsafe {
+                if record.level() <= Level::Warn {
+                    ffi::err_msg(c"%s".as_ptr(), line.as_ptr());
+                } else {
+                    ffi::debug_msg(c"%s\n".as_ptr(), line.as_ptr());
+                }
+            }
+        }
+    }
+
+    fn flush(&self) {}
+}

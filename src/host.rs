@@ -1,0 +1,288 @@
+//! The host's state for the life of gmond: loaded modules, their metrics,
+//! the table gmond reads, and each metric's last good value.
+//!
+//! gmond calls into us from its main thread only; the mutex is there so the
+//! state can be a safe global, not because calls race.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use once_cell::sync::OnceCell;
+use pyo3::prelude::*;
+
+use crate::descriptor::ValueType;
+use crate::ffi;
+use crate::gmond_config::{ModuleBlock, Param};
+use crate::metric_table::{self, MetricTable};
+use crate::python::{self, errors, extract, loader};
+use crate::value::{self, Value};
+
+/// How often a metric that keeps failing is mentioned again in the log.
+const REPEAT_LOG_EVERY: Duration = Duration::from_secs(600);
+
+/// What gmond hands `init`, already copied out of its structures.
+pub struct InitInput {
+    /// The `params` of the python_module block: the module directory.
+    pub module_dir: Option<String>,
+    /// The python_module block's own `param` list (host settings).
+    pub host_params: Vec<Param>,
+    /// Every `module { … }` block of gmond's configuration.
+    pub blocks: Vec<ModuleBlock>,
+    /// The pool gmond passed to init.
+    pub pool: *mut ffi::apr_pool_t,
+}
+
+/// Per-metric run-time state.
+struct MetricState {
+    module: usize,
+    name: String,
+    value_type: ValueType,
+    callback: Py<PyAny>,
+    py_name: Py<pyo3::types::PyString>,
+    last_good: Option<Value>,
+    failure: Option<Failure>,
+}
+
+/// A run of failed calls: logged in full once, then summarised.
+struct Failure {
+    since: Instant,
+    count: u64,
+    last_logged: Instant,
+}
+
+pub struct Host {
+    modules: Vec<loader::LoadedModule>,
+    metrics: Vec<MetricState>,
+    table: MetricTable,
+    cleaned_up: bool,
+}
+
+static HOST: OnceCell<Mutex<Host>> = OnceCell::new();
+
+fn host() -> Option<std::sync::MutexGuard<'static, Host>> {
+    // A panic while the lock was held must not stop later calls.
+    HOST.get()
+        .map(|h| h.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// gmond's `init`: start Python, load the modules, build the metric table.
+/// Returns the table for `mmodule.metrics_info`; `Err` fails the whole
+/// host (gmond then logs "Module python_module failed to initialize").
+pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
+    if let Some(existing) = host() {
+        // gmond calls init once; a second call (e.g. a test) gets the same table.
+        return Ok(existing.table.as_ptr());
+    }
+    for param in &input.host_params {
+        log::warn!(
+            "unknown host setting '{}' in the python_module block; this version of modpython has no host settings yet, so it is ignored",
+            param.name
+        );
+    }
+    let dir = check_module_dir(input.module_dir.as_deref())?;
+    crate::signals::remember_gmond_handlers();
+    python::start()?;
+    crate::signals::restore_if_changed("starting Python");
+
+    let loaded = Python::attach(|py| loader::load_all(py, &dir, &input.blocks))?;
+    let pool = metric_table::create_pool(input.pool);
+    let table = MetricTable::build(loaded.metrics.iter().map(|m| &m.descriptor), pool);
+    let metrics: Vec<MetricState> = loaded
+        .metrics
+        .into_iter()
+        .map(|m| MetricState {
+            module: m.module,
+            name: m.descriptor.name.clone(),
+            value_type: m.descriptor.value_type,
+            callback: m.callback,
+            py_name: m.py_name,
+            last_good: None,
+            failure: None,
+        })
+        .collect();
+    let message = format!(
+        "{} Python module(s) loaded from {} with {} metric(s){}",
+        loaded.modules.len(),
+        dir.display(),
+        metrics.len(),
+        if loaded.failed.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} module(s) failed: {}",
+                loaded.failed.len(),
+                loaded
+                    .failed
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    );
+    if loaded.failed.is_empty() {
+        log::info!("{message}");
+    } else {
+        log::warn!("{message}");
+    }
+    let ptr = table.as_ptr();
+    let state = Host {
+        modules: loaded.modules,
+        metrics,
+        table,
+        cleaned_up: false,
+    };
+    if HOST.set(Mutex::new(state)).is_err() {
+        return Err("modpython was initialised twice at once".to_owned());
+    }
+    Ok(ptr)
+}
+
+fn check_module_dir(dir: Option<&str>) -> Result<PathBuf, String> {
+    let Some(dir) = dir.filter(|d| !d.trim().is_empty()) else {
+        return Err(
+            "the python_module block has no params: set params = \"<directory of your Python metric modules>\"".to_owned(),
+        );
+    };
+    let path = Path::new(dir);
+    match std::fs::metadata(path) {
+        Err(e) => Err(format!(
+            "cannot open the Python module directory {dir} (params of the python_module block): {e}"
+        )),
+        Ok(m) if !m.is_dir() => Err(format!(
+            "{dir} (params of the python_module block) is not a directory"
+        )),
+        Ok(_) => Ok(path.to_path_buf()),
+    }
+}
+
+/// gmond's `handler(index)`: the metric's current value, or its last good
+/// one when the callback fails.
+pub fn collect(index: i32) -> ffi::g_val_t {
+    let Some(mut host) = host() else {
+        return Value::Uint(0).to_g_val();
+    };
+    let Some(metric) = usize::try_from(index)
+        .ok()
+        .and_then(|i| host.metrics.get_mut(i))
+    else {
+        log::error!("gmond asked for metric index {index}, which modpython never registered");
+        return Value::Uint(0).to_g_val();
+    };
+    let outcome = Python::attach(|py| {
+        let result = metric.callback.bind(py).call1((metric.py_name.bind(py),));
+        match result {
+            Ok(obj) => {
+                value::convert(&extract::returned(&obj), metric.value_type).map_err(|e| (e.0, None))
+            }
+            Err(err) => Err((errors::summary(py, &err), Some(errors::describe(py, &err)))),
+        }
+    });
+    let module = host
+        .modules
+        .get(metric_module(&host, index))
+        .map(|m| m.id.clone());
+    let metric = &mut host.metrics[index as usize];
+    match outcome {
+        Ok(value) => {
+            if let Some(failure) = metric.failure.take() {
+                log::warn!(
+                    "{}: metric '{}' recovered after {} failed call(s) over {}s",
+                    module.map(|m| m.to_string()).unwrap_or_default(),
+                    metric.name,
+                    failure.count,
+                    failure.since.elapsed().as_secs()
+                );
+            }
+            let g = value.to_g_val();
+            metric.last_good = Some(value);
+            g
+        }
+        Err((summary, traceback)) => {
+            report_failure(metric, module.as_ref(), &summary, traceback.as_deref());
+            metric
+                .last_good
+                .clone()
+                .unwrap_or_else(|| Value::zero(metric.value_type))
+                .to_g_val()
+        }
+    }
+}
+
+fn metric_module(host: &Host, index: i32) -> usize {
+    host.metrics
+        .get(index as usize)
+        .map(|m| m.module)
+        .unwrap_or(usize::MAX)
+}
+
+/// Logs the first failure of a run in full, then at most every ten minutes.
+fn report_failure(
+    metric: &mut MetricState,
+    module: Option<&loader::ModuleRef>,
+    summary: &str,
+    traceback: Option<&str>,
+) {
+    let who = module
+        .map(|m| m.to_string())
+        .unwrap_or_else(|| "unknown module".to_owned());
+    let kept = match &metric.last_good {
+        Some(_) => "gmond keeps its last good value",
+        None => "it has no good value yet, so gmond gets zero/empty",
+    };
+    let now = Instant::now();
+    match &mut metric.failure {
+        None => {
+            let detail = traceback.unwrap_or(summary);
+            log::error!(
+                "{who}: metric '{}' failed ({kept}; repeats are logged every {} minutes)\n{detail}",
+                metric.name,
+                REPEAT_LOG_EVERY.as_secs() / 60
+            );
+            metric.failure = Some(Failure {
+                since: now,
+                count: 1,
+                last_logged: now,
+            });
+        }
+        Some(failure) => {
+            failure.count += 1;
+            if now.duration_since(failure.last_logged) >= REPEAT_LOG_EVERY {
+                failure.last_logged = now;
+                log::error!(
+                    "{who}: metric '{}' still failing: {} failed call(s) in {}s; latest: {summary}",
+                    metric.name,
+                    failure.count,
+                    failure.since.elapsed().as_secs()
+                );
+            }
+        }
+    }
+}
+
+/// gmond's `cleanup`: every module's `metric_cleanup()`, once.
+pub fn cleanup() {
+    let Some(mut host) = host() else { return };
+    if host.cleaned_up {
+        return;
+    }
+    host.cleaned_up = true;
+    Python::attach(|py| loader::cleanup_all(py, &host.modules));
+    log::info!(
+        "metric_cleanup called for {} Python module(s)",
+        host.modules.len()
+    );
+}
+
+/// The value gmond gets if `collect` itself panicked: the last good one.
+pub fn fallback_value(index: i32) -> ffi::g_val_t {
+    host()
+        .and_then(|h| {
+            h.metrics
+                .get(usize::try_from(index).ok()?)
+                .and_then(|m| m.last_good.clone())
+        })
+        .unwrap_or(Value::Uint(0))
+        .to_g_val()
+}

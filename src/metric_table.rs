@@ -1,0 +1,141 @@
+//! The array of `Ganglia_25metric` gmond reads after `init`, with each
+//! metric's metadata (groups, extra keys) in an APR table.
+//!
+//! gmond keeps pointers into this storage for the rest of the process, so a
+//! `MetricTable` is built once and never changed or moved out of its heap
+//! buffers; the host keeps it alive until the process ends.
+
+use std::ffi::CString;
+use std::ptr;
+
+use crate::descriptor::{MetricDescriptor, ValueType};
+use crate::ffi;
+use crate::gmond_config::c_string;
+
+/// The metadata key gmond, gmetad and the web front end use for groups.
+const GROUP_KEY: &std::ffi::CStr = c"GROUP";
+
+pub struct MetricTable {
+    entries: Vec<ffi::Ganglia_25metric>,
+    /// Owns every string the entries point to.
+    _strings: Vec<CString>,
+}
+
+// SAFETY: the raw pointers refer to heap data owned by `_strings` and to APR
+// tables in a pool that lives as long as the process; nothing mutates them
+// after construction, so sharing the table between threads is sound.
+unsafe impl Send for MetricTable {}
+
+fn value_type_code(t: ValueType) -> ffi::Ganglia_value_types {
+    match t {
+        ValueType::String => ffi::Ganglia_value_types::GANGLIA_VALUE_STRING,
+        ValueType::Uint => ffi::Ganglia_value_types::GANGLIA_VALUE_UNSIGNED_INT,
+        ValueType::Int => ffi::Ganglia_value_types::GANGLIA_VALUE_INT,
+        ValueType::Float => ffi::Ganglia_value_types::GANGLIA_VALUE_FLOAT,
+        ValueType::Double => ffi::Ganglia_value_types::GANGLIA_VALUE_DOUBLE,
+    }
+}
+
+impl MetricTable {
+    /// Builds the table; `pool` is where the metadata tables are allocated
+    /// (null: no metadata, as when the tools build a table outside gmond).
+    pub fn build<'a>(
+        descriptors: impl IntoIterator<Item = &'a MetricDescriptor>,
+        pool: *mut ffi::apr_pool_t,
+    ) -> MetricTable {
+        let mut strings = Vec::new();
+        let mut keep = |text: &str| -> *mut libc::c_char {
+            let c = c_string(text);
+            // The CString's heap buffer does not move when the CString does.
+            let p = c.as_ptr() as *mut libc::c_char;
+            strings.push(c);
+            p
+        };
+        let mut entries = Vec::new();
+        for d in descriptors {
+            let metadata = if pool.is_null() {
+                ptr::null_mut()
+            } else {
+                metadata_table(d, pool)
+            };
+            entries.push(ffi::Ganglia_25metric {
+                key: 0,
+                name: keep(&d.name),
+                tmax: d.time_max,
+                type_: value_type_code(d.value_type),
+                units: keep(&d.units),
+                slope: keep(&d.slope),
+                fmt: keep(&d.format),
+                msg_size: d.value_type.msg_size(),
+                desc: keep(&d.description),
+                metadata: metadata as *mut libc::c_int,
+            });
+        }
+        // A NULL name ends the array for gmond.
+        entries.push(ffi::Ganglia_25metric {
+            key: 0,
+            name: ptr::null_mut(),
+            tmax: 0,
+            type_: ffi::Ganglia_value_types::GANGLIA_VALUE_UNKNOWN,
+            units: ptr::null_mut(),
+            slope: ptr::null_mut(),
+            fmt: ptr::null_mut(),
+            msg_size: 0,
+            desc: ptr::null_mut(),
+            metadata: ptr::null_mut(),
+        });
+        MetricTable {
+            entries,
+            _strings: strings,
+        }
+    }
+
+    /// What gmond stores in `mmodule.metrics_info`.
+    pub fn as_ptr(&self) -> *mut ffi::Ganglia_25metric {
+        self.entries.as_ptr() as *mut ffi::Ganglia_25metric
+    }
+
+    /// Number of metrics, the terminator excluded.
+    pub fn len(&self) -> usize {
+        self.entries.len() - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One APR table per metric: a GROUP entry per group, then the extra keys.
+fn metadata_table(d: &MetricDescriptor, pool: *mut ffi::apr_pool_t) -> *mut ffi::apr_table_t {
+    let capacity = (d.groups.len() + d.extra.len()).max(2) as libc::c_int;
+    // SAFETY: `pool` is a live APR pool that outlives the table (a sub-pool of
+    // the pool gmond passed to init, never destroyed before exit).
+    let table = unsafe { ffi::apr_table_make(pool, capacity) };
+    if table.is_null() {
+        return table;
+    }
+    for group in &d.groups {
+        let value = c_string(group);
+        // SAFETY: apr_table_add copies key and value into the table's pool.
+        unsafe { ffi::apr_table_add(table, GROUP_KEY.as_ptr(), value.as_ptr()) };
+    }
+    for (key, value) in &d.extra {
+        let (key, value) = (c_string(key), c_string(value));
+        // SAFETY: as above; both strings are NUL-terminated and live for the call.
+        unsafe { ffi::apr_table_add(table, key.as_ptr(), value.as_ptr()) };
+    }
+    table
+}
+
+/// A sub-pool of gmond's pool for our metadata.
+pub fn create_pool(parent: *mut ffi::apr_pool_t) -> *mut ffi::apr_pool_t {
+    if parent.is_null() {
+        return ptr::null_mut();
+    }
+    let mut pool = ptr::null_mut();
+    // SAFETY: `parent` is the live pool gmond passed to init; APR writes the
+    // new pool into `pool` or leaves it null on failure.
+    let status =
+        unsafe { ffi::apr_pool_create_ex(&mut pool, parent, ptr::null_mut(), ptr::null_mut()) };
+    if status != 0 { ptr::null_mut() } else { pool }
+}

@@ -1,0 +1,126 @@
+//! Taking values out of Python objects into plain Rust data, so the rules
+//! that judge them (src/descriptor.rs, src/value.rs) need no interpreter.
+
+use pyo3::prelude::*;
+use pyo3::types::{
+    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple,
+};
+
+use crate::descriptor::Field;
+use crate::value::Returned;
+
+/// What a metric callback returned. Must be cheap: it runs on every call.
+pub fn returned(obj: &Bound<'_, PyAny>) -> Returned {
+    if obj.is_none() {
+        return Returned::None;
+    }
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Returned::Str(s.to_string_lossy().into_owned());
+    }
+    // bool before int: bool is a subclass of int.
+    if let Ok(b) = obj.cast::<PyBool>() {
+        return Returned::Bool(b.is_true());
+    }
+    if obj.is_instance_of::<PyInt>() {
+        return Returned::Int(obj.extract::<i128>().ok());
+    }
+    if let Ok(f) = obj.cast::<PyFloat>() {
+        return Returned::Float(f.value());
+    }
+    if let Some(bytes) = bytes_of(obj) {
+        return Returned::Str(String::from_utf8_lossy(&bytes).into_owned());
+    }
+    other(obj)
+}
+
+fn bytes_of(obj: &Bound<'_, PyAny>) -> Option<Vec<u8>> {
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return Some(b.as_bytes().to_vec());
+    }
+    obj.cast::<PyByteArray>().ok().map(|b| b.to_vec())
+}
+
+fn other(obj: &Bound<'_, PyAny>) -> Returned {
+    let type_name = obj
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "object".to_owned());
+    // Containers have a str() but are never a sensible metric value.
+    let is_container = obj.is_instance_of::<PyDict>()
+        || obj.is_instance_of::<PyList>()
+        || obj.is_instance_of::<PyTuple>();
+    let text = if is_container {
+        None
+    } else {
+        obj.str().ok().map(|s| s.to_string_lossy().into_owned())
+    };
+    // float() covers Decimal, Fraction, numpy scalars and anything with __float__/__index__.
+    let as_float = if is_container {
+        None
+    } else {
+        obj.extract::<f64>().ok()
+    };
+    Returned::Other {
+        type_name,
+        text,
+        as_float,
+    }
+}
+
+/// One descriptor value.
+pub fn field(obj: &Bound<'_, PyAny>) -> Field {
+    if obj.is_none() {
+        return Field::None;
+    }
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Field::Str(s.to_string_lossy().into_owned());
+    }
+    if let Ok(b) = obj.cast::<PyBool>() {
+        return Field::Bool(b.is_true());
+    }
+    if obj.is_instance_of::<PyInt>() {
+        return Field::Int(obj.extract::<i128>().ok());
+    }
+    if let Ok(f) = obj.cast::<PyFloat>() {
+        return Field::Float(f.value());
+    }
+    if obj.is_callable() {
+        return Field::Callable;
+    }
+    if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
+        let items = obj
+            .try_iter()
+            .map(|it| it.filter_map(Result::ok).map(|item| field(&item)).collect())
+            .unwrap_or_default();
+        return Field::List(items);
+    }
+    Field::Other(
+        obj.get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "object".to_owned()),
+    )
+}
+
+/// A descriptor's (key, value) pairs in dict order, plus notes about keys
+/// that are not text and were read as their `str()`.
+pub fn descriptor_entries(dict: &Bound<'_, PyDict>) -> (Vec<(String, Field)>, Vec<String>) {
+    let mut entries = Vec::with_capacity(dict.len());
+    let mut notes = Vec::new();
+    for (key, value) in dict.iter() {
+        let key_text = match key.cast::<PyString>() {
+            Ok(s) => s.to_string_lossy().into_owned(),
+            Err(_) => {
+                let text = key
+                    .str()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                notes.push(format!("key {text:?} is not a str; using its text"));
+                text
+            }
+        };
+        entries.push((key_text, field(&value)));
+    }
+    (entries, notes)
+}

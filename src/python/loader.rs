@@ -1,0 +1,422 @@
+//! Finding the Python metric modules in the params directory, importing
+//! them, calling `metric_init(params)` and, at the end, `metric_cleanup()`.
+//!
+//! Every failure is contained to the module it belongs to and reported with
+//! the module's name and file, and the metric's name where there is one.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+
+use super::{errors, extract};
+use crate::descriptor::{self, MetricDescriptor};
+use crate::gmond_config::{ModuleBlock, Selection, select_block};
+use crate::signals;
+
+/// A Python file found in the params directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PythonFile {
+    /// The file name without `.py`: the module name gmond's config refers to.
+    pub stem: String,
+    pub path: PathBuf,
+}
+
+/// "module 'x' (/path/x.py)": how every message names a module.
+#[derive(Debug, Clone)]
+pub struct ModuleRef {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl fmt::Display for ModuleRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "module '{}' ({})", self.name, self.path.display())
+    }
+}
+
+/// A module whose `metric_init` ran: it gets `metric_cleanup()` at the end,
+/// even if it registered no metrics.
+pub struct LoadedModule {
+    pub id: ModuleRef,
+    pub module: Py<PyModule>,
+}
+
+/// A registered metric and the callable that produces its value.
+pub struct LoadedMetric {
+    /// Index into the loaded modules.
+    pub module: usize,
+    pub descriptor: MetricDescriptor,
+    pub callback: Py<PyAny>,
+    /// The name passed to every call, created once.
+    pub py_name: Py<PyString>,
+}
+
+/// Everything `init` learned from the params directory.
+#[derive(Default)]
+pub struct Loaded {
+    pub modules: Vec<LoadedModule>,
+    pub metrics: Vec<LoadedMetric>,
+    /// Modules that failed to load, for the totals in the summary line.
+    pub failed: Vec<ModuleRef>,
+}
+
+/// Lists `*.py` files, sorted by name so the metric order is the same on
+/// every start (the original used whatever order readdir gave).
+pub fn python_files(dir: &Path) -> std::io::Result<Vec<PythonFile>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str() else {
+            continue;
+        };
+        let Some(stem) = name.strip_suffix(".py") else {
+            continue;
+        };
+        if stem.is_empty() || name.starts_with('.') {
+            continue;
+        }
+        files.push(PythonFile {
+            stem: stem.to_owned(),
+            path: entry.path(),
+        });
+    }
+    files.sort_by(|a, b| a.stem.cmp(&b.stem));
+    Ok(files)
+}
+
+/// Imports every configured module of `dir` and collects its metrics.
+pub fn load_all(py: Python<'_>, dir: &Path, blocks: &[ModuleBlock]) -> Result<Loaded, String> {
+    let files = python_files(dir).map_err(|e| {
+        format!(
+            "cannot read the Python module directory {}: {e}",
+            dir.display()
+        )
+    })?;
+    add_to_sys_path(py, dir)
+        .map_err(|e| format!("cannot add {} to sys.path: {e}", dir.display()))?;
+
+    let mut loaded = Loaded::default();
+    let mut owners: HashMap<String, ModuleRef> = HashMap::new();
+    for file in &files {
+        let block = match select_block(blocks, &file.stem) {
+            Selection::Enabled(block) => block,
+            Selection::Disabled => {
+                log::info!(
+                    "module '{}' ({}) is disabled (enabled = no); not imported",
+                    file.stem,
+                    file.path.display()
+                );
+                continue;
+            }
+            Selection::Unconfigured => continue,
+        };
+        let id = ModuleRef {
+            name: file.stem.clone(),
+            path: file.path.clone(),
+        };
+        match load_module(py, dir, &id, block) {
+            Ok((module, results)) => {
+                let index = loaded.modules.len();
+                loaded.modules.push(LoadedModule {
+                    id: id.clone(),
+                    module,
+                });
+                let mut count = 0;
+                for found in results {
+                    if let Some(first) = owners.get(&found.descriptor.name) {
+                        log::error!(
+                            "{id}: metric '{}' is already defined by {first}; this second definition is refused (rename one of them)",
+                            found.descriptor.name
+                        );
+                        continue;
+                    }
+                    owners.insert(found.descriptor.name.clone(), id.clone());
+                    loaded.metrics.push(LoadedMetric {
+                        module: index,
+                        ..found
+                    });
+                    count += 1;
+                }
+                log::info!("{id}: {count} metric(s) registered");
+            }
+            Err(message) => {
+                log::error!("{id}: {message}");
+                loaded.failed.push(id.clone());
+            }
+        }
+        signals::restore_if_changed(&id.to_string());
+    }
+    for block in blocks.iter().filter(|b| b.is_python() && b.enabled) {
+        let name = block.name.as_deref().unwrap_or("");
+        if !files.iter().any(|f| f.stem.eq_ignore_ascii_case(name)) {
+            log::warn!(
+                "the module block for Python module '{name}' has no file {name}.py in {}; nothing is loaded for it",
+                dir.display()
+            );
+        }
+    }
+    Ok(loaded)
+}
+
+fn add_to_sys_path(py: Python<'_>, dir: &Path) -> PyResult<()> {
+    let path = py.import("sys")?.getattr("path")?;
+    let dir = dir.display().to_string();
+    if !path.contains(&dir)? {
+        // Last, as the original host did, so a module cannot replace the
+        // standard library for everyone; load_module refuses shadowed names.
+        path.call_method1("append", (dir,))?;
+    }
+    Ok(())
+}
+
+/// Imports one module and runs its `metric_init`. An `Err` means the module
+/// is skipped; problems with single metrics are logged and only skip those.
+fn load_module(
+    py: Python<'_>,
+    dir: &Path,
+    id: &ModuleRef,
+    block: &ModuleBlock,
+) -> Result<(Py<PyModule>, Vec<LoadedMetric>), String> {
+    if id.name.contains('.') {
+        return Err(format!(
+            "'{}' cannot be imported as a Python module because of the '.' in its name; rename the file",
+            id.path.display()
+        ));
+    }
+    check_not_shadowed(py, dir, id)?;
+    let module = py.import(id.name.as_str()).map_err(|e| {
+        let hint = errors::python2_hint(py, &e)
+            .map(|h| format!(" ({h})"))
+            .unwrap_or_default();
+        format!(
+            "import failed; the module is skipped{hint}\n{}",
+            errors::describe(py, &e)
+        )
+    })?;
+
+    let init = module
+        .getattr("metric_init")
+        .map_err(|_| "has no metric_init(params) function; the module is skipped".to_owned())?;
+    if !init.is_callable() {
+        return Err("metric_init is not a function; the module is skipped".to_owned());
+    }
+
+    let params = PyDict::new(py);
+    for param in &block.params {
+        match &param.value {
+            Some(value) => params
+                .set_item(&param.name, value)
+                .map_err(|e| format!("cannot build the params dict: {e}"))?,
+            None => log::warn!(
+                "{id}: param '{}' has no value (write param {} {{ value = \"...\" }}); it is left out of the params passed to metric_init",
+                param.name,
+                param.name
+            ),
+        }
+    }
+
+    let result = init.call1((params,)).map_err(|e| {
+        format!(
+            "metric_init raised an exception; the module is skipped\n{}",
+            errors::describe(py, &e)
+        )
+    });
+    // The module's code ran even if it failed: it still gets its cleanup.
+    let module_ref: Py<PyModule> = module.clone().unbind();
+    let result = match result {
+        Ok(r) => r,
+        Err(message) => {
+            call_cleanup(py, id, module.as_any());
+            return Err(message);
+        }
+    };
+
+    let items: Vec<Bound<'_, PyAny>> = if result.is_instance_of::<PyDict>() {
+        vec![result]
+    } else if let Ok(list) = result.cast::<PyList>() {
+        list.iter().collect()
+    } else if let Ok(tuple) = result.cast::<PyTuple>() {
+        tuple.iter().collect()
+    } else {
+        let type_name = result
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        call_cleanup(py, id, module.as_any());
+        return Err(format!(
+            "metric_init returned {}, not a list of metric descriptor dicts; the module is skipped",
+            if result.is_none() {
+                "None".to_owned()
+            } else {
+                format!("a {type_name}")
+            }
+        ));
+    };
+
+    let mut metrics = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        if let Some(metric) = descriptor_to_metric(py, id, index, item) {
+            metrics.push(metric);
+        }
+    }
+    Ok((module_ref, metrics))
+}
+
+/// A module named like a standard-library or installed module would import
+/// that one instead (the directory is last on sys.path), or replace it for
+/// every other module if it came first. Refuse it, saying which is which.
+fn check_not_shadowed(py: Python<'_>, dir: &Path, id: &ModuleRef) -> Result<(), String> {
+    let origin = (|| -> PyResult<Option<String>> {
+        let sys_modules = py.import("sys")?.getattr("modules")?;
+        let spec = if let Ok(existing) = sys_modules.get_item(id.name.as_str()) {
+            existing.getattr("__spec__").ok()
+        } else {
+            py.import("importlib.util")?
+                .call_method1("find_spec", (id.name.as_str(),))
+                .ok()
+        };
+        let Some(spec) = spec.filter(|s| !s.is_none()) else {
+            return Ok(None);
+        };
+        let origin = spec.getattr("origin")?;
+        Ok(if origin.is_none() {
+            Some("a namespace package".to_owned())
+        } else {
+            Some(origin.extract()?)
+        })
+    })()
+    .map_err(|e| format!("cannot look up the module name: {e}"))?;
+    let Some(origin) = origin else { return Ok(()) };
+    let ours = Path::new(&origin)
+        .parent()
+        .map(|p| same_dir(p, dir))
+        .unwrap_or(false);
+    if ours {
+        Ok(())
+    } else {
+        Err(format!(
+            "the name '{}' is already taken by {origin} (a standard-library or installed module), which Python would import instead; rename {} and its module block",
+            id.name,
+            id.path.display()
+        ))
+    }
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// Checks one element of metric_init's result and pairs it with its callback.
+fn descriptor_to_metric(
+    py: Python<'_>,
+    id: &ModuleRef,
+    index: usize,
+    item: &Bound<'_, PyAny>,
+) -> Option<LoadedMetric> {
+    let dict = match item.cast::<PyDict>() {
+        Ok(d) => d.clone(),
+        Err(_) => {
+            // Other mappings (UserDict, OrderedDict subclasses…) work through dict().
+            let is_mapping = py
+                .import("collections.abc")
+                .and_then(|abc| abc.getattr("Mapping"))
+                .and_then(|mapping| item.is_instance(&mapping))
+                .unwrap_or(false);
+            let converted = if is_mapping {
+                py.import("builtins")
+                    .and_then(|b| b.getattr("dict"))
+                    .and_then(|d| d.call1((item,)))
+                    .ok()
+            } else {
+                None
+            };
+            match converted.and_then(|d| d.cast_into::<PyDict>().ok()) {
+                Some(d) => d,
+                None => {
+                    let type_name = item
+                        .get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default();
+                    log::error!(
+                        "{id}: element {index} of metric_init's result is a {type_name}, not a descriptor dict; it is skipped"
+                    );
+                    return None;
+                }
+            }
+        }
+    };
+    let (entries, notes) = extract::descriptor_entries(&dict);
+    let checked = descriptor::check(&entries);
+    let label = match &checked.name {
+        Some(name) => format!("metric '{name}'"),
+        None => format!("descriptor {index}"),
+    };
+    for note in notes.iter().chain(&checked.warnings) {
+        log::warn!("{id}: {label}: {note}");
+    }
+    let Some(descriptor) = checked.result else {
+        let why = checked
+            .error
+            .unwrap_or_else(|| "invalid descriptor".to_owned());
+        log::error!("{id}: {label}: {why}; the metric is skipped");
+        return None;
+    };
+    let callback = dict
+        .get_item(descriptor.callback_key.as_str())
+        .ok()
+        .flatten()?;
+    let py_name = PyString::new(py, &descriptor.name).unbind();
+    Some(LoadedMetric {
+        module: 0,
+        descriptor,
+        callback: callback.unbind(),
+        py_name,
+    })
+}
+
+/// Calls each loaded module's `metric_cleanup()`, in load order.
+pub fn cleanup_all(py: Python<'_>, modules: &[LoadedModule]) {
+    for loaded in modules {
+        call_cleanup(py, &loaded.id, loaded.module.bind(py).as_any());
+    }
+    // Python is never finalised (a non-daemon thread would hang gmond's exit
+    // forever), so run the atexit hooks modules registered ourselves.
+    if let Err(e) = py
+        .import("atexit")
+        .and_then(|m| m.call_method0("_run_exitfuncs"))
+    {
+        log::warn!("Python atexit handlers failed: {}", errors::summary(py, &e));
+    }
+    for stream in ["stdout", "stderr"] {
+        let _ = py
+            .import("sys")
+            .and_then(|s| s.getattr(stream))
+            .and_then(|s| s.call_method0("flush"));
+    }
+}
+
+fn call_cleanup(py: Python<'_>, id: &ModuleRef, module: &Bound<'_, PyAny>) {
+    let Ok(cleanup) = module.getattr("metric_cleanup") else {
+        return;
+    };
+    if !cleanup.is_callable() {
+        log::warn!("{id}: metric_cleanup is not a function; not called");
+        return;
+    }
+    if let Err(e) = cleanup.call0() {
+        log::error!(
+            "{id}: metric_cleanup raised an exception\n{}",
+            errors::describe(py, &e)
+        );
+    }
+    signals::restore_if_changed(&id.to_string());
+}

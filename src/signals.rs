@@ -1,0 +1,51 @@
+//! gmond keeps control of its signals. It installs SIGINT/SIGTERM/SIGHUP
+//! handlers (and ignores SIGPIPE) before our `init`; a Python module calling
+//! `signal.signal()` would silently take shutdown and reload away from it.
+//! We remember gmond's dispositions and put them back after any module code
+//! ran, saying which module tried to change them.
+
+use std::sync::Mutex;
+
+/// The signals gmond depends on.
+const WATCHED: [(libc::c_int, &str); 4] = [
+    (libc::SIGINT, "SIGINT"),
+    (libc::SIGTERM, "SIGTERM"),
+    (libc::SIGHUP, "SIGHUP"),
+    (libc::SIGPIPE, "SIGPIPE"),
+];
+
+static SAVED: Mutex<Option<Vec<libc::sigaction>>> = Mutex::new(None);
+
+fn current(signal: libc::c_int) -> libc::sigaction {
+    // SAFETY: sigaction with a null new action only reads the disposition
+    // into the zero-initialised struct we own.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut action);
+        action
+    }
+}
+
+/// Records gmond's dispositions; call before any Python code runs.
+pub fn remember_gmond_handlers() {
+    let saved = WATCHED.iter().map(|(signal, _)| current(*signal)).collect();
+    *SAVED.lock().unwrap_or_else(|p| p.into_inner()) = Some(saved);
+}
+
+/// Restores any watched disposition that changed since
+/// [`remember_gmond_handlers`], logging `who` changed it.
+pub fn restore_if_changed(who: &str) {
+    let guard = SAVED.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(saved) = guard.as_ref() else { return };
+    for ((signal, name), original) in WATCHED.iter().zip(saved) {
+        let now = current(*signal);
+        if now.sa_sigaction != original.sa_sigaction {
+            // SAFETY: re-installing exactly the disposition read earlier from
+            // the kernel for the same signal.
+            unsafe { libc::sigaction(*signal, original, std::ptr::null_mut()) };
+            log::warn!(
+                "{who} changed the handler of {name}; gmond's own handler is restored (gmond must keep control of its signals: do shutdown work in metric_cleanup)"
+            );
+        }
+    }
+}
