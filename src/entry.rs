@@ -7,6 +7,7 @@ use std::ptr;
 use libc::c_int;
 
 use crate::ffi::{self, apr_pool_t, g_val_t, mmodule};
+use crate::metric_table::GmondPool;
 use crate::{gmond_config, gmond_log, guard, host};
 
 /// The module record. gmond writes several fields into it before checking
@@ -47,19 +48,21 @@ extern "C" fn init(pool: *mut apr_pool_t) -> c_int {
                     (*module).config_file,
                 )
             };
+            let module_dir = if params.is_null() {
+                None
+            } else {
+                // SAFETY: a NUL-terminated APR copy of the config's `params`.
+                let text = unsafe { std::ffi::CStr::from_ptr(params) };
+                Some(text.to_string_lossy().into_owned())
+            };
             let input = host::InitInput {
-                module_dir: (!params.is_null())
-                    // SAFETY: a NUL-terminated APR copy of the config's `params`.
-                    .then(|| {
-                        unsafe { std::ffi::CStr::from_ptr(params) }
-                            .to_string_lossy()
-                            .into_owned()
-                    }),
+                module_dir,
                 // SAFETY: gmond's own module_params_list (an array of mmparam).
                 host_params: unsafe { gmond_config::read_param_list(list) },
                 // SAFETY: gmond's parsed configuration root, alive for the process.
                 blocks: unsafe { gmond_config::read_module_blocks(config) },
-                pool,
+                // SAFETY: the pool gmond passes to init lives until gmond exits.
+                pool: unsafe { GmondPool::from_init(pool) },
             };
             match host::init(input) {
                 Ok(table) => {

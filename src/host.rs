@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use crate::descriptor::ValueType;
 use crate::ffi;
 use crate::gmond_config::{ModuleBlock, Param};
-use crate::metric_table::{self, MetricTable};
+use crate::metric_table::{GmondPool, MetricTable};
 use crate::python::{self, errors, extract, loader};
 use crate::value::{self, Value};
 
@@ -30,7 +30,7 @@ pub struct InitInput {
     /// Every `module { … }` block of gmond's configuration.
     pub blocks: Vec<ModuleBlock>,
     /// The pool gmond passed to init.
-    pub pool: *mut ffi::apr_pool_t,
+    pub pool: GmondPool,
 }
 
 /// Per-metric run-time state.
@@ -86,8 +86,7 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
     crate::signals::restore_if_changed("starting Python");
 
     let loaded = Python::attach(|py| loader::load_all(py, &dir, &input.blocks))?;
-    let pool = metric_table::create_pool(input.pool);
-    let table = MetricTable::build(loaded.metrics.iter().map(|m| &m.descriptor), pool);
+    let table = MetricTable::build(loaded.metrics.iter().map(|m| &m.descriptor), input.pool);
     let metrics: Vec<MetricState> = loaded
         .metrics
         .into_iter()

@@ -37,12 +37,12 @@ fn value_type_code(t: ValueType) -> ffi::Ganglia_value_types {
 }
 
 impl MetricTable {
-    /// Builds the table; `pool` is where the metadata tables are allocated
-    /// (null: no metadata, as when the tools build a table outside gmond).
+    /// Builds the table; the metadata tables go into a sub-pool of `pool`.
     pub fn build<'a>(
         descriptors: impl IntoIterator<Item = &'a MetricDescriptor>,
-        pool: *mut ffi::apr_pool_t,
+        pool: GmondPool,
     ) -> MetricTable {
+        let pool = pool.sub_pool();
         let mut strings = Vec::new();
         let mut keep = |text: &str| -> *mut libc::c_char {
             let c = c_string(text);
@@ -127,15 +127,32 @@ fn metadata_table(d: &MetricDescriptor, pool: *mut ffi::apr_pool_t) -> *mut ffi:
     table
 }
 
-/// A sub-pool of gmond's pool for our metadata.
-pub fn create_pool(parent: *mut ffi::apr_pool_t) -> *mut ffi::apr_pool_t {
-    if parent.is_null() {
-        return ptr::null_mut();
+/// The APR pool gmond passed to `init`, which lives until gmond exits.
+#[derive(Clone, Copy)]
+pub struct GmondPool(*mut ffi::apr_pool_t);
+
+impl GmondPool {
+    /// # Safety
+    /// `pool` must be null or the live pool gmond passed to `init`.
+    pub unsafe fn from_init(pool: *mut ffi::apr_pool_t) -> GmondPool {
+        GmondPool(pool)
     }
-    let mut pool = ptr::null_mut();
-    // SAFETY: `parent` is the live pool gmond passed to init; APR writes the
-    // new pool into `pool` or leaves it null on failure.
-    let status =
-        unsafe { ffi::apr_pool_create_ex(&mut pool, parent, ptr::null_mut(), ptr::null_mut()) };
-    if status != 0 { ptr::null_mut() } else { pool }
+
+    /// No pool: metric tables built outside gmond carry no metadata.
+    pub fn none() -> GmondPool {
+        GmondPool(ptr::null_mut())
+    }
+
+    /// A sub-pool for our metadata (null if APR refuses).
+    fn sub_pool(self) -> *mut ffi::apr_pool_t {
+        if self.0.is_null() {
+            return ptr::null_mut();
+        }
+        let mut pool = ptr::null_mut();
+        // SAFETY: `self.0` is gmond's live init pool (from_init's contract);
+        // APR writes the new pool into `pool` or leaves it null on failure.
+        let status =
+            unsafe { ffi::apr_pool_create_ex(&mut pool, self.0, ptr::null_mut(), ptr::null_mut()) };
+        if status != 0 { ptr::null_mut() } else { pool }
+    }
 }
