@@ -43,6 +43,11 @@ pub fn restore_if_changed(who: &str) {
             // SAFETY: re-installing exactly the disposition read earlier from
             // the kernel for the same signal.
             unsafe { libc::sigaction(*signal, original, std::ptr::null_mut()) };
+            if original.sa_sigaction == libc::SIG_DFL {
+                // `gmond -m` installs no handlers, and merely importing Python's
+                // `signal` module then claims SIGINT: nothing worth a warning.
+                continue;
+            }
             log::warn!(
                 "{who} changed the handler of {name}; gmond's own handler is restored (gmond must keep control of its signals: do shutdown work in metric_cleanup)"
             );
