@@ -138,7 +138,7 @@ fn to_integer(
             let t = x.trunc();
             if t < min as f64 || t > max as f64 {
                 return fail(format!(
-                    "{x} is outside the range of a {type_name} metric ({min} to {max})"
+                    "{x} is outside the {type_name} range ({min} to {max})"
                 ));
             }
             t as i128
@@ -147,7 +147,7 @@ fn to_integer(
     };
     if value < min || value > max {
         return fail(format!(
-            "{value} is outside the range of a {type_name} metric ({min} to {max})"
+            "{value} is outside the {type_name} range ({min} to {max})"
         ));
     }
     Ok(value)
@@ -293,10 +293,10 @@ mod tests {
 
     #[test]
     fn uint_refuses_instead_of_wrapping() {
-        assert!(err(Returned::Int(Some(-1)), ValueType::Uint).contains("outside the range"));
-        assert!(err(Returned::Int(Some(1 << 40)), ValueType::Uint).contains("outside the range"));
+        assert!(err(Returned::Int(Some(-1)), ValueType::Uint).contains("outside the"));
+        assert!(err(Returned::Int(Some(1 << 40)), ValueType::Uint).contains("outside the"));
         assert!(err(Returned::Int(None), ValueType::Uint).contains("too large"));
-        assert!(err(Returned::Float(-0.5 - 1.0), ValueType::Uint).contains("outside the range"));
+        assert!(err(Returned::Float(-0.5 - 1.0), ValueType::Uint).contains("outside the"));
         assert!(err(s("12abc"), ValueType::Uint).contains("not a number"));
         assert!(err(s(""), ValueType::Uint).contains("not a number"));
         assert!(err(Returned::None, ValueType::Uint).contains("None"));
@@ -308,8 +308,8 @@ mod tests {
         assert_eq!(ok(Returned::Float(-2.9), ValueType::Int), Value::Int(-2));
         assert_eq!(ok(s("-12"), ValueType::Int), Value::Int(-12));
         assert_eq!(ok(Returned::Bool(false), ValueType::Int), Value::Int(0));
-        assert!(err(Returned::Int(Some(1 << 31)), ValueType::Int).contains("outside the range"));
-        assert!(err(s("4294967297"), ValueType::Int).contains("outside the range"));
+        assert!(err(Returned::Int(Some(1 << 31)), ValueType::Int).contains("outside the"));
+        assert!(err(s("4294967297"), ValueType::Int).contains("outside the"));
     }
 
     #[test]
