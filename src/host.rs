@@ -159,36 +159,30 @@ fn check_module_dir(dir: Option<&str>) -> Result<PathBuf, String> {
 /// gmond's `handler(index)`: the metric's current value, or its last good
 /// one when the callback fails.
 pub fn collect(index: i32) -> ffi::g_val_t {
-    let Some(mut host) = host() else {
+    let Some(mut guard) = host() else {
         return Value::Uint(0).to_g_val();
     };
-    let Some(metric) = usize::try_from(index)
-        .ok()
-        .and_then(|i| host.metrics.get_mut(i))
-    else {
+    let Host {
+        modules, metrics, ..
+    } = &mut *guard;
+    let Some(metric) = usize::try_from(index).ok().and_then(|i| metrics.get_mut(i)) else {
         log::error!("gmond asked for metric index {index}, which modpython never registered");
         return Value::Uint(0).to_g_val();
     };
-    let outcome = Python::attach(|py| {
-        let result = metric.callback.bind(py).call1((metric.py_name.bind(py),));
-        match result {
-            Ok(obj) => {
-                value::convert(&extract::returned(&obj), metric.value_type).map_err(|e| (e.0, None))
-            }
-            Err(err) => Err((errors::summary(py, &err), Some(errors::describe(py, &err)))),
-        }
-    });
-    let module = host
-        .modules
-        .get(metric_module(&host, index))
-        .map(|m| m.id.clone());
-    let metric = &mut host.metrics[index as usize];
+    let outcome =
+        Python::attach(
+            |py| match metric.callback.bind(py).call1((metric.py_name.bind(py),)) {
+                Ok(obj) => value::convert(&extract::returned(&obj), metric.value_type)
+                    .map_err(Failed::Value),
+                Err(err) => Err(Failed::Raised(err)),
+            },
+        );
+    let module = &modules[metric.module].id;
     match outcome {
         Ok(value) => {
             if let Some(failure) = metric.failure.take() {
                 log::warn!(
-                    "{}: metric '{}' recovered after {} failed call(s) over {}s",
-                    module.map(|m| m.to_string()).unwrap_or_default(),
+                    "{module}: metric '{}' recovered after {} failed call(s) over {}s",
                     metric.name,
                     failure.count,
                     failure.since.elapsed().as_secs()
@@ -198,46 +192,57 @@ pub fn collect(index: i32) -> ffi::g_val_t {
             metric.last_good = Some(value);
             g
         }
-        Err((summary, traceback)) => {
-            report_failure(metric, module.as_ref(), &summary, traceback.as_deref());
-            metric
-                .last_good
-                .clone()
-                .unwrap_or_else(|| Value::zero(metric.value_type))
-                .to_g_val()
+        Err(failed) => {
+            report_failure(metric, module, failed);
+            metric.last_good.as_ref().map_or_else(
+                || Value::zero(metric.value_type).to_g_val(),
+                Value::to_g_val,
+            )
         }
     }
 }
 
-fn metric_module(host: &Host, index: i32) -> usize {
-    host.metrics
-        .get(index as usize)
-        .map(|m| m.module)
-        .unwrap_or(usize::MAX)
+/// Why a call produced no value.
+enum Failed {
+    /// The callback raised (SystemExit and KeyboardInterrupt included).
+    Raised(PyErr),
+    /// It returned something that does not convert to the metric's type.
+    Value(value::ConversionError),
 }
 
-/// Logs the first failure of a run in full, then at most every ten minutes.
-fn report_failure(
-    metric: &mut MetricState,
-    module: Option<&loader::ModuleRef>,
-    summary: &str,
-    traceback: Option<&str>,
-) {
-    let who = module
-        .map(|m| m.to_string())
-        .unwrap_or_else(|| "unknown module".to_owned());
-    let kept = match &metric.last_good {
-        Some(_) => "gmond keeps its last good value",
-        None => "it has no good value yet, so gmond gets zero/empty",
-    };
+impl Failed {
+    /// The traceback (or reason) in full, for the first report of a run.
+    fn detail(&self) -> String {
+        match self {
+            Failed::Raised(err) => Python::attach(|py| errors::describe(py, err)),
+            Failed::Value(e) => e.0.clone(),
+        }
+    }
+
+    /// One line, for the periodic reminders.
+    fn summary(&self) -> String {
+        match self {
+            Failed::Raised(err) => Python::attach(|py| errors::summary(py, err)),
+            Failed::Value(e) => e.0.clone(),
+        }
+    }
+}
+
+/// Logs the first failure of a run in full, then at most every ten minutes;
+/// formatting a traceback costs more than the call, so it is only done then.
+fn report_failure(metric: &mut MetricState, module: &loader::ModuleRef, failed: Failed) {
     let now = Instant::now();
     match &mut metric.failure {
         None => {
-            let detail = traceback.unwrap_or(summary);
+            let kept = match &metric.last_good {
+                Some(_) => "gmond keeps its last good value",
+                None => "it has no good value yet, so gmond gets zero/empty",
+            };
             log::error!(
-                "{who}: metric '{}' failed ({kept}; repeats are logged every {} minutes)\n{detail}",
+                "{module}: metric '{}' failed ({kept}; repeats are logged every {} minutes)\n{}",
                 metric.name,
-                REPEAT_LOG_EVERY.as_secs() / 60
+                REPEAT_LOG_EVERY.as_secs() / 60,
+                failed.detail()
             );
             metric.failure = Some(Failure {
                 since: now,
@@ -250,10 +255,11 @@ fn report_failure(
             if now.duration_since(failure.last_logged) >= REPEAT_LOG_EVERY {
                 failure.last_logged = now;
                 log::error!(
-                    "{who}: metric '{}' still failing: {} failed call(s) in {}s; latest: {summary}",
+                    "{module}: metric '{}' still failing: {} failed call(s) in {}s; latest: {}",
                     metric.name,
                     failure.count,
-                    failure.since.elapsed().as_secs()
+                    failure.since.elapsed().as_secs(),
+                    failed.summary()
                 );
             }
         }
