@@ -62,10 +62,12 @@ fn main() {
 fn interpreter_facts() {
     println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
     let python = env::var("PYO3_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let probe = "import sys, os; \
-                 print(sys.version_info[0], sys.version_info[1]); \
-                 print(sys.base_prefix); \
-                 print(os.path.realpath(getattr(sys, '_base_executable', sys.executable)))";
+    // Written to run on any Python, so that a wrong one gets a clear refusal.
+    let probe = "import sys, os, sysconfig; \
+                 sys.stdout.write('%d %d\\n' % tuple(sys.version_info[:2])); \
+                 sys.stdout.write(getattr(sys, 'base_prefix', sys.prefix) + '\\n'); \
+                 sys.stdout.write(os.path.realpath(getattr(sys, '_base_executable', sys.executable)) + '\\n'); \
+                 sys.stdout.write(str(sysconfig.get_config_var('Py_GIL_DISABLED') or 0) + '\\n')";
     let output = std::process::Command::new(&python)
         .args(["-c", probe])
         .output()
@@ -92,6 +94,14 @@ fn interpreter_facts() {
     }
     let home = lines.next().unwrap_or("/usr");
     let executable = lines.next().unwrap_or("");
+    if lines.next() == Some("1") {
+        panic!(
+            "'{python}' (PYO3_PYTHON) is a free-threaded CPython build (python3.13t). modpython hands \
+             every gmond call to Python on gmond's own thread and relies on the GIL to keep module \
+             threads apart from it; it is not built or tested for free-threading. Use the regular \
+             build of the same version (e.g. PYO3_PYTHON=/usr/bin/python3.13)"
+        );
+    }
     println!("cargo:rustc-env=MODPYTHON_PYTHON_HOME={home}");
     println!("cargo:rustc-env=MODPYTHON_PYTHON_EXECUTABLE={executable}");
     println!("cargo:rustc-env=MODPYTHON_PYTHON_VERSION={major}.{minor}");
