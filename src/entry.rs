@@ -61,6 +61,8 @@ extern "C" fn init(pool: *mut apr_pool_t) -> c_int {
                 host_params: unsafe { gmond_config::read_param_list(list) },
                 // SAFETY: gmond's parsed configuration root, alive for the process.
                 blocks: unsafe { gmond_config::read_module_blocks(config) },
+                // SAFETY: as above.
+                gmond_user: unsafe { gmond_config::read_gmond_user(config) },
                 // SAFETY: the pool gmond passes to init lives until gmond exits.
                 pool: unsafe { GmondPool::from_init(pool) },
             };

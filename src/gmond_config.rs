@@ -147,6 +147,29 @@ unsafe fn read_block(block: *mut ffi::cfg_t) -> ModuleBlock {
     }
 }
 
+/// gmond's `globals { setuid user }`: the user it drops to after init, if it does.
+///
+/// # Safety
+/// As for [`read_module_blocks`].
+pub unsafe fn read_gmond_user(config: *mut ffi::cfg_t) -> Option<String> {
+    if config.is_null() {
+        return None;
+    }
+    // SAFETY: "globals" is a section of gmond's schema, always present.
+    let globals = unsafe { ffi::cfg_getsec(config, c"globals".as_ptr()) };
+    if globals.is_null() {
+        return None;
+    }
+    // SAFETY: "setuid" (bool) and "user" (string) are options of globals.
+    let (setuid, user) = unsafe {
+        (
+            ffi::cfg_getbool(globals, c"setuid".as_ptr()),
+            ffi::cfg_getstr(globals, c"user".as_ptr()),
+        )
+    };
+    if setuid == 0 { None } else { owned(user) }
+}
+
 /// Reads the `param` list gmond gives the `python_module` block itself.
 ///
 /// # Safety

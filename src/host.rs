@@ -17,6 +17,7 @@ use crate::gmond_config::{ModuleBlock, Param};
 use crate::metric_table::{GmondPool, MetricTable};
 use crate::python::{self, errors, extract, loader};
 use crate::value::{self, Value};
+use crate::{permissions, settings};
 
 /// How often a metric that keeps failing is mentioned again in the log.
 const REPEAT_LOG_EVERY: Duration = Duration::from_secs(600);
@@ -29,6 +30,8 @@ pub struct InitInput {
     pub host_params: Vec<Param>,
     /// Every `module { … }` block of gmond's configuration.
     pub blocks: Vec<ModuleBlock>,
+    /// The user gmond drops to after init (`globals { setuid user }`).
+    pub gmond_user: Option<String>,
     /// The pool gmond passed to init.
     pub pool: GmondPool,
 }
@@ -74,18 +77,20 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
         // gmond calls init once; a second call (e.g. a test) gets the same table.
         return Ok(existing.table.as_ptr());
     }
-    for param in &input.host_params {
-        log::warn!(
-            "unknown host setting '{}' in the python_module block; this version of modpython has no host settings yet, so it is ignored",
-            param.name
-        );
+    let (settings, problems) = settings::parse_host(&input.host_params);
+    for problem in problems {
+        log::warn!("{problem}");
     }
     let dir = check_module_dir(input.module_dir.as_deref())?;
     crate::signals::remember_gmond_handlers();
     python::start()?;
     crate::signals::restore_if_changed("starting Python");
 
-    let loaded = Python::attach(|py| loader::load_all(py, &dir, &input.blocks))?;
+    let options = loader::LoadOptions {
+        settings: &settings,
+        trusted_uids: permissions::trusted_uids(input.gmond_user.as_deref()),
+    };
+    let loaded = Python::attach(|py| loader::load_all(py, &dir, &input.blocks, &options))?;
     let table = MetricTable::build(loaded.metrics.iter().map(|m| &m.descriptor), input.pool);
     let metrics: Vec<MetricState> = loaded
         .metrics

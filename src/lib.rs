@@ -17,6 +17,8 @@
 //! | [`metric_table`] | the `Ganglia_25metric` array and metadata gmond reads |
 //! | [`host`] | the state between calls: metrics, last good values, failure reporting |
 //! | [`signals`] | keeping gmond's signal handlers in place around module code |
+//! | [`permissions`] | who may own the module code gmond imports as root |
+//! | [`settings`] | host settings (python_module params) and per-module `modpython.*` overrides |
 //! | [`text`] | what text gmond can carry |
 
 pub mod descriptor;
@@ -27,7 +29,9 @@ pub mod gmond_log;
 pub mod guard;
 pub mod host;
 pub mod metric_table;
+pub mod permissions;
 pub mod python;
+pub mod settings;
 pub mod signals;
 pub mod text;
 pub mod value;

@@ -14,7 +14,8 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use super::{errors, extract};
 use crate::descriptor::{self, MetricDescriptor};
 use crate::gmond_config::{ModuleBlock, Selection, select_block};
-use crate::signals;
+use crate::settings::{self, HostSettings};
+use crate::{permissions, signals};
 
 /// A Python file found in the params directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,14 +89,44 @@ pub fn python_files(dir: &Path) -> std::io::Result<Vec<PythonFile>> {
     Ok(files)
 }
 
+/// What, besides gmond's module blocks, decides how modules load.
+pub struct LoadOptions<'a> {
+    pub settings: &'a HostSettings,
+    /// Owners allowed for module code (see `permissions`).
+    pub trusted_uids: Vec<u32>,
+}
+
 /// Imports every configured module of `dir` and collects its metrics.
-pub fn load_all(py: Python<'_>, dir: &Path, blocks: &[ModuleBlock]) -> Result<Loaded, String> {
+pub fn load_all(
+    py: Python<'_>,
+    dir: &Path,
+    blocks: &[ModuleBlock],
+    options: &LoadOptions<'_>,
+) -> Result<Loaded, String> {
+    if let Err(why) = permissions::check(dir, &options.trusted_uids) {
+        if options.settings.strict_permissions {
+            return Err(format!(
+                "refusing to load Python modules: {why}; or set param strict_permissions {{ value = \"no\" }} in the python_module block"
+            ));
+        }
+        log::warn!("{why}");
+    }
     let files = python_files(dir).map_err(|e| {
         format!(
             "cannot read the Python module directory {}: {e}",
             dir.display()
         )
     })?;
+    for extra in &options.settings.python_path {
+        if !extra.is_dir() {
+            log::warn!(
+                "python_path entry {} is not a directory; added to sys.path anyway",
+                extra.display()
+            );
+        }
+        add_to_sys_path(py, extra)
+            .map_err(|e| format!("cannot add {} to sys.path: {e}", extra.display()))?;
+    }
     add_to_sys_path(py, dir)
         .map_err(|e| format!("cannot add {} to sys.path: {e}", dir.display()))?;
 
@@ -118,6 +149,14 @@ pub fn load_all(py: Python<'_>, dir: &Path, blocks: &[ModuleBlock]) -> Result<Lo
             name: file.stem.clone(),
             path: file.path.clone(),
         };
+        if let Err(why) = permissions::check(&file.path, &options.trusted_uids) {
+            if options.settings.strict_permissions {
+                log::error!("{id}: not imported: {why}");
+                loaded.failed.push(id);
+                continue;
+            }
+            log::warn!("{id}: {why}");
+        }
         match load_module(py, dir, &id, block) {
             Ok((module, results)) => {
                 let index = loaded.modules.len();
@@ -205,8 +244,15 @@ fn load_module(
         return Err("metric_init is not a function; the module is skipped".to_owned());
     }
 
+    let (ordinary, reserved) = settings::split_module_params(&block.params);
+    for param in &reserved {
+        log::warn!(
+            "{id}: unknown per-module setting '{}'; this version of modpython has none, so it is ignored",
+            param.name
+        );
+    }
     let params = PyDict::new(py);
-    for param in &block.params {
+    for param in &ordinary {
         match &param.value {
             Some(value) => params
                 .set_item(&param.name, value)
