@@ -77,7 +77,7 @@ impl Returned {
             Returned::Bool(b) => format!("bool {}", if *b { "True" } else { "False" }),
             Returned::Int(Some(i)) => format!("int {i}"),
             Returned::Int(None) => "an int too large to represent".to_owned(),
-            Returned::Float(x) => format!("float {x}"),
+            Returned::Float(x) => format!("float {}", short(*x)),
             Returned::Str(s) => format!("str {:?}", truncate_utf8(s, 40)),
             Returned::Other { type_name, .. } => format!("an object of type {type_name}"),
         }
@@ -138,12 +138,18 @@ fn to_integer(
             let t = x.trunc();
             if t < min as f64 || t > max as f64 {
                 return fail(format!(
-                    "{x} is outside the {type_name} range ({min} to {max})"
+                    "{} is outside the {type_name} range ({min} to {max})",
+                    short(x)
                 ));
             }
             t as i128
         }
-        Number::Real(x) => return fail(format!("{x} cannot be published as a {type_name} metric")),
+        Number::Real(x) => {
+            return fail(format!(
+                "{} cannot be published as a {type_name} metric",
+                short(x)
+            ));
+        }
     };
     if value < min || value > max {
         return fail(format!(
@@ -159,7 +165,10 @@ fn to_real(number: Number, type_name: &str) -> Result<f64, ConversionError> {
         Number::Real(x) => x,
     };
     if !x.is_finite() {
-        return fail(format!("{x} cannot be published as a {type_name} metric"));
+        return fail(format!(
+            "{} cannot be published as a {type_name} metric",
+            short(x)
+        ));
     }
     Ok(x)
 }
@@ -185,7 +194,8 @@ pub fn convert(returned: &Returned, value_type: ValueType) -> Result<Value, Conv
             let x = to_real(returned.to_number()?, "float")?;
             if x.abs() > f64::from(f32::MAX) {
                 return fail(format!(
-                    "{x} is outside the range of a float metric; declare it double"
+                    "{} is outside the range of a float metric; declare it double",
+                    short(x)
                 ));
             }
             Ok(Value::Float(x as f32))
@@ -210,6 +220,15 @@ fn to_text(returned: &Returned) -> Result<String, ConversionError> {
         }
     };
     Ok(truncate_utf8(&value_safe(&text), MAX_STRING_BYTES).to_owned())
+}
+
+/// A float for a message: `1e300`, not three hundred digits.
+fn short(x: f64) -> String {
+    if x.is_finite() && x != 0.0 && !(1e-4..1e16).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
 }
 
 /// `str(float)` as Python writes it for the common cases (`2.5`, `3.0`).
