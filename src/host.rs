@@ -1,26 +1,36 @@
 //! The host's state for the life of gmond: loaded modules, their metrics,
-//! the table gmond reads, and each metric's last good value.
+//! the table gmond reads, and what each metric's calls have done so far —
+//! last good value, failures, back-off, deadlines, statistics.
 //!
 //! gmond calls into us from its main thread only; the mutex is there so the
 //! state can be a safe global, not because calls race.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use once_cell::sync::OnceCell;
 use pyo3::prelude::*;
 
-use crate::descriptor::ValueType;
+use crate::descriptor::{MetricDescriptor, ValueType};
+use crate::dispatch::{self, CallTarget, Failed, Outcome, Stuck, Targets, Worker};
 use crate::ffi;
 use crate::gmond_config::{ModuleBlock, Param};
 use crate::metric_table::{GmondPool, MetricTable};
-use crate::python::{self, errors, extract, loader};
-use crate::value::{self, Value};
-use crate::{permissions, settings};
+use crate::permissions;
+use crate::python::{self, interrupt, loader};
+use crate::self_metrics::{self, SelfMetric, Snapshot, Stats};
+use crate::settings::{self, CallMode, HostSettings};
+use crate::value::Value;
 
 /// How often a metric that keeps failing is mentioned again in the log.
 const REPEAT_LOG_EVERY: Duration = Duration::from_secs(600);
+/// Failures in a row before a handler is backed off.
+const BACKOFF_AFTER: u32 = 3;
+/// The first pause of a backed-off handler; it doubles up to `retry_max_interval`.
+const BACKOFF_FIRST: Duration = Duration::from_secs(10);
+/// How long gmond's shutdown waits for all `metric_cleanup()` calls.
+const CLEANUP_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What gmond hands `init`, already copied out of its structures.
 pub struct InitInput {
@@ -41,23 +51,43 @@ struct MetricState {
     module: usize,
     name: String,
     value_type: ValueType,
-    callback: Py<PyAny>,
-    py_name: Py<pyo3::types::PyString>,
     last_good: Option<Value>,
     failure: Option<Failure>,
 }
 
-/// A run of failed calls: logged in full once, then summarised.
+/// A run of failed calls: logged in full once, then summarised; backed off
+/// after a few in a row.
 struct Failure {
     since: Instant,
     count: u64,
     last_logged: Instant,
+    /// No call before this instant (back-off), if set.
+    retry_at: Option<Instant>,
+}
+
+/// Per-module run-time state.
+struct ModuleState {
+    id: loader::ModuleRef,
+    mode: CallMode,
+    timeout: Duration,
+    /// A call gmond stopped waiting for: until it returns, this module's
+    /// metrics keep their last good values without being called.
+    stuck: Option<Stuck>,
+    stats: Stats,
 }
 
 pub struct Host {
     modules: Vec<loader::LoadedModule>,
+    module_states: Vec<ModuleState>,
     metrics: Vec<MetricState>,
+    /// Metrics after the Python ones in gmond's table.
+    self_metrics: Vec<SelfMetric>,
+    modules_failed: usize,
+    targets: Targets,
+    /// Makes protected calls; replaced when it gets stuck.
+    worker: Option<Worker>,
     table: MetricTable,
+    settings: HostSettings,
     cleaned_up: bool,
 }
 
@@ -85,26 +115,63 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
     crate::signals::remember_gmond_handlers();
     python::start()?;
     crate::signals::restore_if_changed("starting Python");
+    Python::attach(interrupt::install).map_err(|e| format!("cannot set up call deadlines: {e}"))?;
 
     let options = loader::LoadOptions {
         settings: &settings,
         trusted_uids: permissions::trusted_uids(input.gmond_user.as_deref()),
     };
     let loaded = Python::attach(|py| loader::load_all(py, &dir, &input.blocks, &options))?;
-    let table = MetricTable::build(loaded.metrics.iter().map(|m| &m.descriptor), input.pool);
-    let metrics: Vec<MetricState> = loaded
-        .metrics
-        .into_iter()
-        .map(|m| MetricState {
+
+    let module_states: Vec<ModuleState> = loaded
+        .modules
+        .iter()
+        .map(|m| {
+            let (mode, timeout) = settings::effective(&settings, &m.overrides);
+            ModuleState {
+                id: m.id.clone(),
+                mode,
+                timeout,
+                stuck: None,
+                stats: Stats::default(),
+            }
+        })
+        .collect();
+    let mut descriptors: Vec<MetricDescriptor> = Vec::with_capacity(loaded.metrics.len());
+    let mut targets = Vec::with_capacity(loaded.metrics.len());
+    let mut metrics = Vec::with_capacity(loaded.metrics.len());
+    for m in loaded.metrics {
+        metrics.push(MetricState {
             module: m.module,
             name: m.descriptor.name.clone(),
             value_type: m.descriptor.value_type,
-            callback: m.callback,
-            py_name: m.py_name,
             last_good: None,
             failure: None,
-        })
-        .collect();
+        });
+        targets.push(CallTarget {
+            callback: m.callback,
+            py_name: m.py_name,
+            value_type: m.descriptor.value_type,
+        });
+        descriptors.push(m.descriptor);
+    }
+    let mut self_metric_list = Vec::new();
+    if settings.self_metrics {
+        let names: Vec<String> = loaded.modules.iter().map(|m| m.id.name.clone()).collect();
+        for (metric, descriptor) in self_metrics::all(&names) {
+            if descriptors.iter().any(|d| d.name == descriptor.name) {
+                log::warn!(
+                    "a Python module already defines '{}'; modpython's own metric of that name is left out",
+                    descriptor.name
+                );
+                continue;
+            }
+            self_metric_list.push(metric);
+            descriptors.push(descriptor);
+        }
+    }
+    let table = MetricTable::build(&descriptors, input.pool);
+
     let message = format!(
         "{} Python module(s) loaded from {} with {} metric(s){}",
         loaded.modules.len(),
@@ -130,17 +197,35 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
     } else {
         log::warn!("{message}");
     }
+    let targets: Targets = Arc::new(targets);
+    let needs_worker = module_states.iter().any(|m| m.mode == CallMode::Protected);
+    let worker = if needs_worker {
+        Some(spawn_worker(&targets)?)
+    } else {
+        None
+    };
     let ptr = table.as_ptr();
     let state = Host {
         modules: loaded.modules,
+        module_states,
         metrics,
+        self_metrics: self_metric_list,
+        modules_failed: loaded.failed.len(),
+        targets,
+        worker,
         table,
+        settings,
         cleaned_up: false,
     };
     if HOST.set(Mutex::new(state)).is_err() {
         return Err("modpython was initialised twice at once".to_owned());
     }
     Ok(ptr)
+}
+
+fn spawn_worker(targets: &Targets) -> Result<Worker, String> {
+    Worker::spawn(Arc::clone(targets))
+        .map_err(|e| format!("cannot start a thread for handler calls: {e}"))
 }
 
 fn check_module_dir(dir: Option<&str>) -> Result<PathBuf, String> {
@@ -162,127 +247,281 @@ fn check_module_dir(dir: Option<&str>) -> Result<PathBuf, String> {
 }
 
 /// gmond's `handler(index)`: the metric's current value, or its last good
-/// one when the callback fails.
+/// one when the call fails, is backed off, or its module is stuck.
 pub fn collect(index: i32) -> ffi::g_val_t {
     let Some(mut guard) = host() else {
         return Value::Uint(0).to_g_val();
     };
-    let Host {
-        modules, metrics, ..
-    } = &mut *guard;
-    let Some(metric) = usize::try_from(index).ok().and_then(|i| metrics.get_mut(i)) else {
-        log::error!("gmond asked for metric index {index}, which modpython never registered");
+    let host = &mut *guard;
+    let Ok(index) = usize::try_from(index) else {
         return Value::Uint(0).to_g_val();
     };
-    let outcome =
-        Python::attach(
-            |py| match metric.callback.bind(py).call1((metric.py_name.bind(py),)) {
-                Ok(obj) => value::convert(&extract::returned(&obj), metric.value_type)
-                    .map_err(Failed::Value),
-                Err(err) => Err(Failed::Raised(err)),
-            },
-        );
-    let module = &modules[metric.module].id;
-    match outcome {
-        Ok(value) => {
-            if let Some(failure) = metric.failure.take() {
-                log::warn!(
-                    "{module}: metric '{}' recovered after {} failed call(s) over {}s",
-                    metric.name,
-                    failure.count,
-                    failure.since.elapsed().as_secs()
-                );
-            }
-            let g = value.to_g_val();
-            metric.last_good = Some(value);
-            g
-        }
-        Err(failed) => {
-            report_failure(metric, module, failed);
-            metric.last_good.as_ref().map_or_else(
-                || Value::zero(metric.value_type).to_g_val(),
-                Value::to_g_val,
-            )
-        }
+    if index >= host.metrics.len() {
+        return host.self_metric_value(index - host.metrics.len());
     }
+    host.collect_python(index).to_g_val()
 }
 
-/// Why a call produced no value.
-enum Failed {
-    /// The callback raised (SystemExit and KeyboardInterrupt included).
-    Raised(PyErr),
-    /// It returned something that does not convert to the metric's type.
-    Value(value::ConversionError),
-}
-
-impl Failed {
-    /// The traceback (or reason) in full, for the first report of a run.
-    fn detail(&self) -> String {
-        match self {
-            Failed::Raised(err) => Python::attach(|py| errors::describe(py, err)),
-            Failed::Value(e) => e.0.clone(),
-        }
-    }
-
-    /// One line, for the periodic reminders.
-    fn summary(&self) -> String {
-        match self {
-            Failed::Raised(err) => Python::attach(|py| errors::summary(py, err)),
-            Failed::Value(e) => e.0.clone(),
-        }
-    }
-}
-
-/// Logs the first failure of a run in full, then at most every ten minutes;
-/// formatting a traceback costs more than the call, so it is only done then.
-fn report_failure(metric: &mut MetricState, module: &loader::ModuleRef, failed: Failed) {
-    let now = Instant::now();
-    match &mut metric.failure {
-        None => {
-            let kept = match &metric.last_good {
-                Some(_) => "gmond keeps its last good value",
-                None => "it has no good value yet, so gmond gets zero/empty",
-            };
+impl Host {
+    fn self_metric_value(&self, i: usize) -> ffi::g_val_t {
+        let Some(metric) = self.self_metrics.get(i) else {
             log::error!(
-                "{module}: metric '{}' failed ({kept}; repeats are logged every {} minutes)\n{}",
-                metric.name,
-                REPEAT_LOG_EVERY.as_secs() / 60,
-                failed.detail()
+                "gmond asked for metric index {}, which modpython never registered",
+                i + self.metrics.len()
             );
-            metric.failure = Some(Failure {
-                since: now,
-                count: 1,
-                last_logged: now,
-            });
+            return Value::Uint(0).to_g_val();
+        };
+        let stats: Vec<Stats> = self.module_states.iter().map(|m| m.stats).collect();
+        let snapshot = Snapshot {
+            modules_loaded: self.modules.len(),
+            modules_failed: self.modules_failed,
+            per_module: &stats,
+        };
+        metric.value(&snapshot).to_g_val()
+    }
+
+    fn collect_python(&mut self, index: usize) -> Value {
+        let now = Instant::now();
+        let module = self.metrics[index].module;
+        if !self.module_ready(module) {
+            return self.metrics[index].fallback();
         }
-        Some(failure) => {
-            failure.count += 1;
-            if now.duration_since(failure.last_logged) >= REPEAT_LOG_EVERY {
-                failure.last_logged = now;
-                log::error!(
-                    "{module}: metric '{}' still failing: {} failed call(s) in {}s; latest: {}",
-                    metric.name,
-                    failure.count,
-                    failure.since.elapsed().as_secs(),
-                    failed.summary()
-                );
+        if let Some(retry_at) = self.metrics[index]
+            .failure
+            .as_ref()
+            .and_then(|f| f.retry_at)
+        {
+            if now < retry_at {
+                return self.metrics[index].fallback();
+            }
+        }
+        let state = &self.module_states[module];
+        let (mode, timeout) = (state.mode, state.timeout);
+        let outcome = match mode {
+            CallMode::Inline => dispatch::call_inline(&self.targets[index], timeout),
+            CallMode::Protected => match self.protected_call(index, timeout) {
+                Ok(outcome) => outcome,
+                Err(stuck) => {
+                    let elapsed = stuck.since.elapsed();
+                    log::error!(
+                        "{}: metric '{}' did not return within {:.1}s; gmond keeps its last good value and the call is left to finish in the background; the module's metrics are not called until it does",
+                        self.module_states[module].id,
+                        self.metrics[index].name,
+                        elapsed.as_secs_f64()
+                    );
+                    self.module_states[module].stuck = Some(stuck);
+                    Outcome::TimedOut(elapsed)
+                }
+            },
+        };
+        let stats = &mut self.module_states[module].stats;
+        stats.calls += 1;
+        if self.settings.self_metrics {
+            stats.seconds += now.elapsed().as_secs_f64();
+        }
+        let retry_max = self.settings.retry_max_interval;
+        let id = &self.module_states[module].id;
+        let metric = &mut self.metrics[index];
+        match outcome {
+            Outcome::Value(value) => {
+                if let Some(failure) = metric.failure.take() {
+                    log::warn!(
+                        "{id}: metric '{}' recovered after {} failed call(s) over {}s",
+                        metric.name,
+                        failure.count,
+                        failure.since.elapsed().as_secs()
+                    );
+                }
+                metric.last_good = Some(value.clone());
+                value
+            }
+            Outcome::Failed(failed) => {
+                self.module_states[module].stats.errors += 1;
+                metric.record_failure(id_of(&self.module_states[module]), &failed, retry_max);
+                metric.fallback()
+            }
+            Outcome::TimedOut(elapsed) => {
+                self.module_states[module].stats.timeouts += 1;
+                if mode == CallMode::Inline {
+                    let reason = Failed::Value(crate::value::ConversionError(format!(
+                        "the call ran past its {:.1}s deadline ({:.1}s) and was interrupted",
+                        timeout.as_secs_f64(),
+                        elapsed.as_secs_f64()
+                    )));
+                    metric.record_failure(id_of(&self.module_states[module]), &reason, retry_max);
+                }
+                metric.fallback()
+            }
+        }
+    }
+
+    /// Whether a module can be called now; notices when a stuck call returned.
+    fn module_ready(&mut self, module: usize) -> bool {
+        let state = &mut self.module_states[module];
+        let Some(stuck) = &state.stuck else {
+            return true;
+        };
+        if !stuck.finished() {
+            return false;
+        }
+        log::warn!(
+            "{}: the stuck call of metric '{}' returned after {:.1}s; the module's metrics are called again",
+            state.id,
+            self.metrics[stuck.index].name,
+            stuck.since.elapsed().as_secs_f64()
+        );
+        state.stuck = None;
+        true
+    }
+
+    /// A call on the worker; when it gets stuck, a fresh worker takes over
+    /// so other modules are not held up.
+    fn protected_call(&mut self, index: usize, timeout: Duration) -> Result<Outcome, Stuck> {
+        if self.worker.is_none() {
+            match spawn_worker(&self.targets) {
+                Ok(w) => self.worker = Some(w),
+                Err(e) => {
+                    log::error!("{e}; the call is made on gmond's thread instead");
+                    return Ok(dispatch::call_inline(&self.targets[index], timeout));
+                }
+            }
+        }
+        let worker = self.worker.as_ref().expect("worker was just ensured");
+        match worker.call(index, timeout) {
+            Ok(outcome) => Ok(outcome),
+            Err(stuck) => {
+                // The old worker stays with its call; it exits when the call returns.
+                self.worker = None;
+                if let Ok(w) = spawn_worker(&self.targets) {
+                    self.worker = Some(w);
+                }
+                Err(stuck)
             }
         }
     }
 }
 
-/// gmond's `cleanup`: every module's `metric_cleanup()`, once.
+fn id_of(state: &ModuleState) -> &loader::ModuleRef {
+    &state.id
+}
+
+impl MetricState {
+    fn fallback(&self) -> Value {
+        self.last_good
+            .clone()
+            .unwrap_or_else(|| Value::zero(self.value_type))
+    }
+
+    /// Logs the first failure of a run in full, then at most every ten
+    /// minutes (formatting a traceback costs more than the call); after a
+    /// few failures in a row, calls are spaced out, doubling up to `retry_max`.
+    fn record_failure(&mut self, module: &loader::ModuleRef, failed: &Failed, retry_max: Duration) {
+        let now = Instant::now();
+        match &mut self.failure {
+            None => {
+                let kept = match &self.last_good {
+                    Some(_) => "gmond keeps its last good value",
+                    None => "it has no good value yet, so gmond gets zero/empty",
+                };
+                log::error!(
+                    "{module}: metric '{}' failed ({kept}; repeats are logged every {} minutes)\n{}",
+                    self.name,
+                    REPEAT_LOG_EVERY.as_secs() / 60,
+                    failed.detail()
+                );
+                self.failure = Some(Failure {
+                    since: now,
+                    count: 1,
+                    last_logged: now,
+                    retry_at: None,
+                });
+            }
+            Some(failure) => {
+                failure.count += 1;
+                if failure.count >= u64::from(BACKOFF_AFTER) {
+                    let doublings = (failure.count - u64::from(BACKOFF_AFTER)).min(16) as u32;
+                    let pause = BACKOFF_FIRST.saturating_mul(1 << doublings).min(retry_max);
+                    if failure.count == u64::from(BACKOFF_AFTER) {
+                        log::warn!(
+                            "{module}: metric '{}': {} failures in a row; it is now called at most every {}s, backing off to every {}s while it keeps failing",
+                            self.name,
+                            failure.count,
+                            pause.as_secs(),
+                            retry_max.as_secs()
+                        );
+                    }
+                    failure.retry_at = Some(now + pause);
+                }
+                if now.duration_since(failure.last_logged) >= REPEAT_LOG_EVERY {
+                    failure.last_logged = now;
+                    log::error!(
+                        "{module}: metric '{}' still failing: {} failed call(s) in {}s; latest: {}",
+                        self.name,
+                        failure.count,
+                        failure.since.elapsed().as_secs(),
+                        failed.summary()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// gmond's `cleanup`: every module's `metric_cleanup()`, once, within
+/// [`CLEANUP_DEADLINE`] in all: a cleanup that never returns must not keep
+/// gmond from exiting or from re-executing itself on SIGHUP.
 pub fn cleanup() {
     let Some(mut host) = host() else { return };
     if host.cleaned_up {
         return;
     }
     host.cleaned_up = true;
-    Python::attach(|py| loader::cleanup_all(py, &host.modules));
-    log::info!(
-        "metric_cleanup called for {} Python module(s)",
-        host.modules.len()
-    );
+    // Stop the call worker; it holds no state that needs finishing.
+    host.worker = None;
+    let modules: Vec<(loader::ModuleRef, Py<PyModule>)> = Python::attach(|py| {
+        host.modules
+            .iter()
+            .map(|m| (m.id.clone(), m.module.clone_ref(py)))
+            .collect()
+    });
+    let count = modules.len();
+    drop(host);
+    // The cleanup thread reports each module it starts, then None when done.
+    let (progress_tx, progress_rx) = std::sync::mpsc::channel::<Option<loader::ModuleRef>>();
+    let spawned = std::thread::Builder::new()
+        .name("modpython-cleanup".to_owned())
+        .spawn(move || {
+            let tx = progress_tx.clone();
+            Python::attach(|py| {
+                loader::cleanup_modules(py, &modules, &|id| {
+                    let _ = tx.send(Some(id.clone()));
+                })
+            });
+            let _ = progress_tx.send(None);
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the cleanup thread ({e}); metric_cleanup is not called");
+        return;
+    }
+    let deadline = Instant::now() + CLEANUP_DEADLINE;
+    let mut current: Option<loader::ModuleRef> = None;
+    loop {
+        match progress_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Some(id)) => current = Some(id),
+            Ok(None) => break,
+            Err(_) => {
+                log::error!(
+                    "{}: metric_cleanup did not return within {}s; gmond goes on without waiting for it",
+                    current
+                        .map(|m| m.to_string())
+                        .unwrap_or_else(|| "a module".to_owned()),
+                    CLEANUP_DEADLINE.as_secs()
+                );
+                return;
+            }
+        }
+    }
+    log::info!("metric_cleanup called for {count} Python module(s)");
 }
 
 /// The value gmond gets if `collect` itself panicked: the last good one.
@@ -291,7 +530,7 @@ pub fn fallback_value(index: i32) -> ffi::g_val_t {
         .and_then(|h| {
             h.metrics
                 .get(usize::try_from(index).ok()?)
-                .and_then(|m| m.last_good.clone())
+                .map(MetricState::fallback)
         })
         .unwrap_or(Value::Uint(0))
         .to_g_val()

@@ -15,13 +15,18 @@
 //! | [`descriptor`] | checking `metric_init`'s dicts into metric descriptors |
 //! | [`value`] | converting a callback's result to the metric's type |
 //! | [`metric_table`] | the `Ganglia_25metric` array and metadata gmond reads |
+//! | [`dispatch`] | how a call reaches Python: protected (worker thread, deadline) or inline (watchdog signal) |
 //! | [`host`] | the state between calls: metrics, last good values, failure reporting |
+//! | [`self_metrics`] | the host's own modpython_* metrics |
 //! | [`signals`] | keeping gmond's signal handlers in place around module code |
 //! | [`permissions`] | who may own the module code gmond imports as root |
 //! | [`settings`] | host settings (python_module params) and per-module `modpython.*` overrides |
 //! | [`text`] | what text gmond can carry |
+//! | [`check`] | `modpython-check` (src/bin): the same loading, checking and conversion, run without gmond, as a report |
 
+pub mod check;
 pub mod descriptor;
+pub mod dispatch;
 pub mod entry;
 pub mod ffi;
 pub mod gmond_config;
@@ -31,6 +36,7 @@ pub mod host;
 pub mod metric_table;
 pub mod permissions;
 pub mod python;
+pub mod self_metrics;
 pub mod settings;
 pub mod signals;
 pub mod text;

@@ -14,7 +14,7 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use super::{errors, extract};
 use crate::descriptor::{self, MetricDescriptor};
 use crate::gmond_config::{ModuleBlock, Selection, select_block};
-use crate::settings::{self, HostSettings};
+use crate::settings::{self, HostSettings, ModuleOverrides};
 use crate::{permissions, signals};
 
 /// A Python file found in the params directory.
@@ -38,11 +38,67 @@ impl fmt::Display for ModuleRef {
     }
 }
 
+/// A problem found while loading: what the host logs as
+/// "module 'x' (file): message", and what `modpython-check` reports.
+#[derive(Debug, Clone)]
+pub struct Diagnostic {
+    pub level: log::Level,
+    pub module: Option<ModuleRef>,
+    /// The metric concerned, when there is one.
+    pub metric: Option<String>,
+    /// The text after "module 'x' (file): ", exactly as logged.
+    pub message: String,
+}
+
+thread_local! {
+    static COLLECTOR: std::cell::RefCell<Option<Vec<Diagnostic>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with the loader's problems collected and returned instead of
+/// logged (for `modpython-check`). The host never calls this.
+pub fn collect_diagnostics<R>(f: impl FnOnce() -> R) -> (R, Vec<Diagnostic>) {
+    let previous = COLLECTOR.with(|c| c.replace(Some(Vec::new())));
+    let result = f();
+    let collected = COLLECTOR.with(|c| c.replace(previous)).unwrap_or_default();
+    (result, collected)
+}
+
+/// Logs one loading problem, or records it under [`collect_diagnostics`].
+pub fn report(
+    level: log::Level,
+    module: Option<&ModuleRef>,
+    metric: Option<&str>,
+    message: String,
+) {
+    let diagnostic = Diagnostic {
+        level,
+        module: module.cloned(),
+        metric: metric.map(str::to_owned),
+        message,
+    };
+    let unrecorded = COLLECTOR.with(|c| match c.borrow_mut().as_mut() {
+        Some(collected) => {
+            collected.push(diagnostic);
+            None
+        }
+        None => Some(diagnostic),
+    });
+    if let Some(d) = unrecorded {
+        match &d.module {
+            Some(id) => log::log!(level, "{id}: {}", d.message),
+            None => log::log!(level, "{}", d.message),
+        }
+    }
+}
+
 /// A module whose `metric_init` ran: it gets `metric_cleanup()` at the end,
 /// even if it registered no metrics.
 pub struct LoadedModule {
     pub id: ModuleRef,
     pub module: Py<PyModule>,
+    /// The module block's `modpython.*` settings.
+    pub overrides: ModuleOverrides,
 }
 
 /// A registered metric and the callable that produces its value.
@@ -109,7 +165,7 @@ pub fn load_all(
                 "refusing to load Python modules: {why}; or set param strict_permissions {{ value = \"no\" }} in the python_module block"
             ));
         }
-        log::warn!("{why}");
+        report(log::Level::Warn, None, None, why);
     }
     let files = python_files(dir).map_err(|e| {
         format!(
@@ -119,13 +175,23 @@ pub fn load_all(
     })?;
     for extra in &options.settings.python_path {
         if !extra.is_dir() {
-            log::warn!(
-                "python_path entry {} is not a directory; added to sys.path anyway",
-                extra.display()
+            report(
+                log::Level::Warn,
+                None,
+                None,
+                format!(
+                    "python_path entry {} is not a directory; added to sys.path anyway",
+                    extra.display()
+                ),
             );
         }
         add_to_sys_path(py, extra)
             .map_err(|e| format!("cannot add {} to sys.path: {e}", extra.display()))?;
+    }
+    if let Some(venv) = &options.settings.virtualenv {
+        if let Err(why) = add_virtualenv(py, venv) {
+            report(log::Level::Error, None, None, why);
+        }
     }
     add_to_sys_path(py, dir)
         .map_err(|e| format!("cannot add {} to sys.path: {e}", dir.display()))?;
@@ -151,11 +217,21 @@ pub fn load_all(
         };
         if let Err(why) = permissions::check(&file.path, &options.trusted_uids) {
             if options.settings.strict_permissions {
-                log::error!("{id}: not imported: {why}");
+                report(
+                    log::Level::Error,
+                    Some(&id),
+                    None,
+                    format!("not imported: {why}"),
+                );
                 loaded.failed.push(id);
                 continue;
             }
-            log::warn!("{id}: {why}");
+            report(log::Level::Warn, Some(&id), None, why);
+        }
+        let (_, reserved) = settings::split_module_params(&block.params);
+        let (overrides, problems) = ModuleOverrides::parse(&reserved);
+        for problem in problems {
+            log::warn!("{id}: {problem}");
         }
         match load_module(py, dir, &id, block) {
             Ok((module, results)) => {
@@ -163,13 +239,19 @@ pub fn load_all(
                 loaded.modules.push(LoadedModule {
                     id: id.clone(),
                     module,
+                    overrides,
                 });
                 let mut count = 0;
                 for found in results {
                     if let Some(first) = owners.get(&found.descriptor.name) {
-                        log::error!(
-                            "{id}: metric '{}' is already defined by {first}; this second definition is refused (rename one of them)",
-                            found.descriptor.name
+                        report(
+                            log::Level::Error,
+                            Some(&id),
+                            Some(&found.descriptor.name),
+                            format!(
+                                "metric '{}' is already defined by {first}; this second definition is refused (rename one of them)",
+                                found.descriptor.name
+                            ),
                         );
                         continue;
                     }
@@ -183,7 +265,7 @@ pub fn load_all(
                 log::info!("{id}: {count} metric(s) registered");
             }
             Err(message) => {
-                log::error!("{id}: {message}");
+                report(log::Level::Error, Some(&id), None, message);
                 loaded.failed.push(id.clone());
             }
         }
@@ -192,13 +274,72 @@ pub fn load_all(
     for block in blocks.iter().filter(|b| b.is_python() && b.enabled) {
         let name = block.name.as_deref().unwrap_or("");
         if !files.iter().any(|f| f.stem.eq_ignore_ascii_case(name)) {
-            log::warn!(
-                "the module block for Python module '{name}' has no file {name}.py in {}; nothing is loaded for it",
-                dir.display()
+            report(
+                log::Level::Warn,
+                None,
+                None,
+                format!(
+                    "the module block for Python module '{name}' has no file {name}.py in {}; nothing is loaded for it",
+                    dir.display()
+                ),
             );
         }
     }
     Ok(loaded)
+}
+
+/// Adds a virtualenv's site-packages (with its `.pth` files) to `sys.path`,
+/// for the Python version that is running: packages built for another
+/// version would not import.
+fn add_virtualenv(py: Python<'_>, venv: &Path) -> Result<(), String> {
+    let version = (|| -> PyResult<String> {
+        let info = py.import("sys")?.getattr("version_info")?;
+        let major: u32 = info.getattr("major")?.extract()?;
+        let minor: u32 = info.getattr("minor")?.extract()?;
+        Ok(format!("{major}.{minor}"))
+    })()
+    .map_err(|e| format!("cannot read the Python version: {e}"))?;
+    let site_packages = venv
+        .join("lib")
+        .join(format!("python{version}"))
+        .join("site-packages");
+    if !site_packages.is_dir() {
+        let made_with = std::fs::read_to_string(venv.join("pyvenv.cfg"))
+            .ok()
+            .and_then(|cfg| {
+                cfg.lines()
+                    .filter_map(|l| l.split_once('='))
+                    .find(|(k, _)| k.trim() == "version" || k.trim() == "version_info")
+                    .map(|(_, v)| v.trim().to_owned())
+            });
+        let why = match made_with {
+            Some(v) => format!("it was made with Python {v}, but modpython runs Python {version}"),
+            None if !venv.is_dir() => "the directory does not exist".to_owned(),
+            None => "it has no pyvenv.cfg, so it does not look like a virtualenv".to_owned(),
+        };
+        return Err(format!(
+            "virtualenv {}: there is no {} ({why}); create it with `python{version} -m venv {}`; its packages are not available to modules",
+            venv.display(),
+            site_packages.display(),
+            venv.display()
+        ));
+    }
+    py.import("site")
+        .and_then(|site| site.call_method1("addsitedir", (site_packages.display().to_string(),)))
+        .map_err(|e| {
+            format!(
+                "virtualenv {}: cannot add {}: {}",
+                venv.display(),
+                site_packages.display(),
+                errors::describe(py, &e)
+            )
+        })?;
+    log::info!(
+        "virtualenv {}: {} added to sys.path",
+        venv.display(),
+        site_packages.display()
+    );
+    Ok(())
 }
 
 fn add_to_sys_path(py: Python<'_>, dir: &Path) -> PyResult<()> {
@@ -227,6 +368,8 @@ fn load_module(
         ));
     }
     check_not_shadowed(py, dir, id)?;
+    // What the module prints or logs while loading is tagged with its name.
+    let _scope = super::stdio::ModuleScope::enter(&id.name);
     let module = py.import(id.name.as_str()).map_err(|e| {
         let hint = errors::python2_hint(py, &e)
             .map(|h| format!(" ({h})"))
@@ -244,23 +387,22 @@ fn load_module(
         return Err("metric_init is not a function; the module is skipped".to_owned());
     }
 
-    let (ordinary, reserved) = settings::split_module_params(&block.params);
-    for param in &reserved {
-        log::warn!(
-            "{id}: unknown per-module setting '{}'; this version of modpython has none, so it is ignored",
-            param.name
-        );
-    }
+    // The reserved modpython.* params are the host's (see load_all), not the module's.
+    let (ordinary, _reserved) = settings::split_module_params(&block.params);
     let params = PyDict::new(py);
     for param in &ordinary {
         match &param.value {
             Some(value) => params
                 .set_item(&param.name, value)
                 .map_err(|e| format!("cannot build the params dict: {e}"))?,
-            None => log::warn!(
-                "{id}: param '{}' has no value (write param {} {{ value = \"...\" }}); it is left out of the params passed to metric_init",
-                param.name,
-                param.name
+            None => report(
+                log::Level::Warn,
+                Some(id),
+                None,
+                format!(
+                    "param '{}' has no value (write param {} {{ value = \"...\" }}); it is left out of the params passed to metric_init",
+                    param.name, param.name
+                ),
             ),
         }
     }
@@ -392,8 +534,13 @@ fn descriptor_to_metric(
                         .name()
                         .map(|n| n.to_string())
                         .unwrap_or_default();
-                    log::error!(
-                        "{id}: element {index} of metric_init's result is a {type_name}, not a descriptor dict; it is skipped"
+                    report(
+                        log::Level::Error,
+                        Some(id),
+                        None,
+                        format!(
+                            "element {index} of metric_init's result is a {type_name}, not a descriptor dict; it is skipped"
+                        ),
                     );
                     return None;
                 }
@@ -407,13 +554,23 @@ fn descriptor_to_metric(
         None => format!("descriptor {index}"),
     };
     for note in notes.iter().chain(&checked.warnings) {
-        log::warn!("{id}: {label}: {note}");
+        report(
+            log::Level::Warn,
+            Some(id),
+            checked.name.as_deref(),
+            format!("{label}: {note}"),
+        );
     }
     let Some(descriptor) = checked.result else {
         let why = checked
             .error
             .unwrap_or_else(|| "invalid descriptor".to_owned());
-        log::error!("{id}: {label}: {why}; the metric is skipped");
+        report(
+            log::Level::Error,
+            Some(id),
+            checked.name.as_deref(),
+            format!("{label}: {why}; the metric is skipped"),
+        );
         return None;
     };
     let callback = dict
@@ -429,10 +586,16 @@ fn descriptor_to_metric(
     })
 }
 
-/// Calls each loaded module's `metric_cleanup()`, in load order.
-pub fn cleanup_all(py: Python<'_>, modules: &[LoadedModule]) {
-    for loaded in modules {
-        call_cleanup(py, &loaded.id, loaded.module.bind(py).as_any());
+/// Calls each module's `metric_cleanup()`, in load order; `progress` hears
+/// of each module before its cleanup runs.
+pub fn cleanup_modules(
+    py: Python<'_>,
+    modules: &[(ModuleRef, Py<PyModule>)],
+    progress: &dyn Fn(&ModuleRef),
+) {
+    for (id, module) in modules {
+        progress(id);
+        call_cleanup(py, id, module.bind(py).as_any());
     }
     // Python is never finalised (a non-daemon thread would hang gmond's exit
     // forever), so run the atexit hooks modules registered ourselves.
@@ -454,14 +617,25 @@ fn call_cleanup(py: Python<'_>, id: &ModuleRef, module: &Bound<'_, PyAny>) {
     let Ok(cleanup) = module.getattr("metric_cleanup") else {
         return;
     };
+    let _scope = super::stdio::ModuleScope::enter(&id.name);
     if !cleanup.is_callable() {
-        log::warn!("{id}: metric_cleanup is not a function; not called");
+        report(
+            log::Level::Warn,
+            Some(id),
+            None,
+            "metric_cleanup is not a function; not called".to_owned(),
+        );
         return;
     }
     if let Err(e) = cleanup.call0() {
-        log::error!(
-            "{id}: metric_cleanup raised an exception\n{}",
-            errors::describe(py, &e)
+        report(
+            log::Level::Error,
+            Some(id),
+            None,
+            format!(
+                "metric_cleanup raised an exception\n{}",
+                errors::describe(py, &e)
+            ),
         );
     }
     signals::restore_if_changed(&id.to_string());

@@ -6,7 +6,9 @@
 pub mod errors;
 pub mod extract;
 pub mod ganglia;
+pub mod interrupt;
 pub mod loader;
+pub mod stdio;
 
 use std::ffi::{CStr, CString};
 use std::mem::MaybeUninit;
@@ -53,6 +55,10 @@ fn start_interpreter() -> Result<(), String> {
         Ok(())
     })
     .map_err(|e| format!("the Python interpreter started but could not be configured: {e}"))?;
+    // print, sys.stderr and the logging package go to gmond's log.
+    if let Err(e) = Python::attach(|py| ganglia::install(py, crate::gmond_log::debug_level() > 1)) {
+        log::warn!("module output (print, logging) will not reach gmond's log: {e}");
+    }
     // SAFETY: we hold the GIL (Py_InitializeFromConfig returned it to this
     // thread and Python::attach restored that state); gmond's thread keeps the
     // returned state alive and PyGILState_Ensure finds it again on each call.

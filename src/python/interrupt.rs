@@ -1,0 +1,158 @@
+//! Deadlines for inline calls (calls made on gmond's own thread).
+//!
+//! A watchdog thread notices a call that has run past its deadline and sends
+//! gmond's thread a real-time signal that gmond does not use. Python runs
+//! the handler we registered for it on that thread — the interpreter's main
+//! thread — as soon as the call executes bytecode again or a blocking system
+//! call returns EINTR, and the handler raises [`DEADLINE_EXCEPTION`], a
+//! BaseException the module's `except Exception` cannot swallow.
+//! Measured in `hung-handlers.md`: sleeps, sockets, pure-Python loops,
+//! subprocess waits and ctypes calls end within milliseconds; a C loop that
+//! never checks signals, or a call stuck in the kernel, cannot be ended.
+//!
+//! The hot path only bumps a sequence number and stores the deadline; the
+//! watchdog works in ticks, so arming costs no clock read. A signal that
+//! arrives after its call ended is ignored by the handler, so it can never
+//! hit the next, innocent call.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::PyCFunction;
+
+/// The signal used to interrupt a late inline call.
+fn deadline_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 3
+}
+
+/// Name of the exception raised into a late call (in builtins-free module `_modpython`).
+pub const DEADLINE_EXCEPTION: &str = "CallDeadlineExceeded";
+
+/// How often the watchdog looks.
+const TICK: Duration = Duration::from_millis(50);
+
+/// The call in flight (0 = none); odd/even does not matter, only identity.
+static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+/// The call the watchdog last signalled.
+static TARGET: AtomicU64 = AtomicU64::new(0);
+/// Deadline of the call in flight, in milliseconds.
+static DEADLINE_MS: AtomicU64 = AtomicU64::new(0);
+static NEXT_SEQ: AtomicU64 = AtomicU64::new(1);
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+struct Installed {
+    gmond_thread: libc::pthread_t,
+    exception: Py<PyAny>,
+}
+
+// SAFETY: pthread_t is an integer handle; the Py object is only touched
+// with the GIL held.
+unsafe impl Send for Installed {}
+// SAFETY: as above; nothing is mutated after installation.
+unsafe impl Sync for Installed {}
+
+static INSTALLED: OnceLock<Installed> = OnceLock::new();
+
+/// Registers the Python-level handler on gmond's thread and starts the
+/// watchdog. Must run on gmond's thread (the interpreter's main thread).
+pub fn install(py: Python<'_>) -> PyResult<()> {
+    if INSTALLED.get().is_some() {
+        return Ok(());
+    }
+    let builtins = py.import("builtins")?;
+    let exception = builtins.getattr("type")?.call1((
+        DEADLINE_EXCEPTION,
+        (builtins.getattr("BaseException")?,),
+        pyo3::types::PyDict::new(py),
+    ))?;
+    exception.setattr("__module__", "modpython")?;
+    let raise_into = exception.clone().unbind();
+    let handler = PyCFunction::new_closure(py, None, None, move |args, _kwargs| -> PyResult<()> {
+        // Only the call the watchdog aimed at, and only while it still runs.
+        let target = TARGET.load(Ordering::SeqCst);
+        if target != 0 && IN_FLIGHT.load(Ordering::SeqCst) == target {
+            let py = args.py();
+            return Err(PyErr::from_value(
+                raise_into
+                    .bind(py)
+                    .call1(("the call ran past its modpython deadline",))?,
+            ));
+        }
+        Ok(())
+    })?;
+    py.import("signal")?
+        .call_method1("signal", (deadline_signal(), handler))?;
+    // SAFETY: pthread_self has no preconditions.
+    let gmond_thread = unsafe { libc::pthread_self() };
+    let _ = INSTALLED.set(Installed {
+        gmond_thread,
+        exception: exception.unbind(),
+    });
+    if !STARTED.swap(true, Ordering::SeqCst) {
+        std::thread::Builder::new()
+            .name("modpython-watchdog".to_owned())
+            .spawn(watchdog)
+            .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Whether `err` is the exception the watchdog raised.
+pub fn is_deadline(py: Python<'_>, err: &PyErr) -> bool {
+    INSTALLED
+        .get()
+        .is_some_and(|i| err.get_type(py).is(i.exception.bind(py)))
+}
+
+/// Marks an inline call in flight until the guard is dropped.
+pub struct Armed(());
+
+/// Arms the watchdog for one inline call.
+pub fn arm(deadline: Duration) -> Armed {
+    let seq = NEXT_SEQ.fetch_add(1, Ordering::Relaxed);
+    DEADLINE_MS.store(deadline.as_millis() as u64, Ordering::Relaxed);
+    IN_FLIGHT.store(seq, Ordering::SeqCst);
+    Armed(())
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        IN_FLIGHT.store(0, Ordering::SeqCst);
+    }
+}
+
+fn watchdog() {
+    let mut watched = 0u64;
+    let mut ticks = 0u64;
+    let mut reported = 0u64;
+    loop {
+        std::thread::sleep(TICK);
+        let current = IN_FLIGHT.load(Ordering::SeqCst);
+        if current == 0 || current != watched {
+            watched = current;
+            ticks = 0;
+            continue;
+        }
+        ticks += 1;
+        let elapsed = TICK * ticks as u32;
+        let deadline = Duration::from_millis(DEADLINE_MS.load(Ordering::Relaxed));
+        if elapsed < deadline {
+            continue;
+        }
+        if TARGET.swap(current, Ordering::SeqCst) != current {
+            if let Some(installed) = INSTALLED.get() {
+                // SAFETY: gmond's main thread lives as long as the process;
+                // the signal has a Python-level handler, so it cannot kill us.
+                unsafe { libc::pthread_kill(installed.gmond_thread, deadline_signal()) };
+            }
+        } else if elapsed >= deadline + Duration::from_secs(2) && reported != current {
+            reported = current;
+            log::error!(
+                "an inline call has run for {}s, past its deadline, and cannot be interrupted (a C loop or a call stuck in the kernel): gmond is stalled until it returns; use call_mode = protected for this module",
+                elapsed.as_secs()
+            );
+        }
+    }
+}
