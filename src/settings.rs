@@ -9,6 +9,7 @@
 //! bad values are reported, never silently ignored.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::gmond_config::Param;
 
@@ -23,6 +24,84 @@ pub struct HostSettings {
     pub strict_permissions: bool,
     /// Extra directories put on `sys.path` before the module directory.
     pub python_path: Vec<PathBuf>,
+    /// A virtualenv whose site-packages is added (after `python_path`).
+    pub virtualenv: Option<PathBuf>,
+    /// How long gmond waits for one handler call.
+    pub call_timeout: Duration,
+    /// Where calls run (see `dispatch`).
+    pub call_mode: CallMode,
+    /// Publish the host's own `modpython_*` metrics.
+    pub self_metrics: bool,
+    /// Longest pause between retries of a handler that keeps failing.
+    pub retry_max_interval: Duration,
+}
+
+/// Where handler calls run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallMode {
+    /// On a worker thread, gmond waits at most the deadline.
+    Protected,
+    /// On gmond's thread, interrupted by signal when late.
+    Inline,
+}
+
+impl CallMode {
+    fn parse(value: &str) -> Result<CallMode, String> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "protected" => Ok(CallMode::Protected),
+            "inline" => Ok(CallMode::Inline),
+            other => Err(format!("'{other}' is not protected or inline")),
+        }
+    }
+}
+
+/// Per-module overrides (`param "modpython.NAME" { value = … }` in the module's block).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ModuleOverrides {
+    pub call_timeout: Option<Duration>,
+    pub call_mode: Option<CallMode>,
+}
+
+impl ModuleOverrides {
+    /// Reads the reserved params of one module block; problems are returned for logging.
+    pub fn parse(reserved: &[Param]) -> (ModuleOverrides, Vec<String>) {
+        let mut overrides = ModuleOverrides::default();
+        let mut problems = Vec::new();
+        for param in reserved {
+            let name = param.name.trim();
+            let key = name[MODULE_PREFIX.len().min(name.len())..].to_ascii_lowercase();
+            let Some(value) = &param.value else {
+                problems.push(format!(
+                    "setting '{name}' has no value; the host's setting applies"
+                ));
+                continue;
+            };
+            let applied = match key.as_str() {
+                "call_timeout" => parse_seconds(value).map(|d| overrides.call_timeout = Some(d)),
+                "call_mode" => CallMode::parse(value).map(|m| overrides.call_mode = Some(m)),
+                _ => Err(format!(
+                    "unknown per-module setting (known: {MODULE_PREFIX}call_timeout, {MODULE_PREFIX}call_mode)"
+                )),
+            };
+            if let Err(why) = applied {
+                problems.push(format!(
+                    "setting '{name}': {why}; the host's setting applies"
+                ));
+            }
+        }
+        (overrides, problems)
+    }
+}
+
+/// A positive number of seconds, fractions allowed (`"2"`, `"0.5"`).
+pub fn parse_seconds(value: &str) -> Result<Duration, String> {
+    match value.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "'{}' is not a number of seconds between 0 and 86400",
+            value.trim()
+        )),
+    }
 }
 
 impl Default for HostSettings {
@@ -30,6 +109,11 @@ impl Default for HostSettings {
         HostSettings {
             strict_permissions: true,
             python_path: Vec::new(),
+            virtualenv: None,
+            call_timeout: Duration::from_secs(3),
+            call_mode: CallMode::Protected,
+            self_metrics: true,
+            retry_max_interval: Duration::from_secs(300),
         }
     }
 }
@@ -43,6 +127,26 @@ pub struct Setting {
 
 /// Every host setting modpython understands.
 pub const HOST_SETTINGS: &[Setting] = &[
+    Setting {
+        name: "call_timeout",
+        help: "seconds gmond waits for one handler call (default 3); past it the metric keeps its last good value",
+        apply: |s, v| parse_seconds(v).map(|d| s.call_timeout = d),
+    },
+    Setting {
+        name: "call_mode",
+        help: "protected (default): calls run on a worker thread and can never stall gmond; inline: calls run on gmond's thread, faster, interrupted by signal when late",
+        apply: |s, v| CallMode::parse(v).map(|m| s.call_mode = m),
+    },
+    Setting {
+        name: "self_metrics",
+        help: "yes (default): publish modpython_* metrics about the host itself (group modpython)",
+        apply: |s, v| parse_bool(v).map(|b| s.self_metrics = b),
+    },
+    Setting {
+        name: "retry_max_interval",
+        help: "longest pause, in seconds, between retries of a handler that keeps failing (default 300)",
+        apply: |s, v| parse_seconds(v).map(|d| s.retry_max_interval = d),
+    },
     Setting {
         name: "strict_permissions",
         help: "yes (default): refuse module files or directories that are not owned by root or gmond's user, or are writable by group or others; no: only warn",
@@ -60,7 +164,27 @@ pub const HOST_SETTINGS: &[Setting] = &[
             Ok(())
         },
     },
+    Setting {
+        name: "virtualenv",
+        help: "a virtualenv (made with the same Python as modpython) whose site-packages is added to sys.path, e.g. /opt/gmond-venv",
+        apply: |s, v| {
+            let v = v.trim();
+            if v.is_empty() {
+                return Err("the path is empty".to_owned());
+            }
+            s.virtualenv = Some(PathBuf::from(v));
+            Ok(())
+        },
+    },
 ];
+
+/// The call settings in force for one module.
+pub fn effective(host: &HostSettings, module: &ModuleOverrides) -> (CallMode, Duration) {
+    (
+        module.call_mode.unwrap_or(host.call_mode),
+        module.call_timeout.unwrap_or(host.call_timeout),
+    )
+}
 
 /// gmond's accepted spellings of a boolean, in any case.
 pub fn parse_bool(value: &str) -> Result<bool, String> {
@@ -157,6 +281,34 @@ mod tests {
         assert!(problems[0].contains("unknown host setting 'strict_permisions'"));
         assert!(problems[1].contains("'maybe' is not yes or no"));
         assert!(problems[2].contains("has no value"));
+    }
+
+    #[test]
+    fn call_settings_and_overrides() {
+        let (settings, problems) = parse_host(&[
+            param("call_timeout", Some("0.5")),
+            param("call_mode", Some("INLINE")),
+            param("self_metrics", Some("off")),
+        ]);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(settings.call_timeout, Duration::from_millis(500));
+        assert_eq!(settings.call_mode, CallMode::Inline);
+        assert!(!settings.self_metrics);
+        let (overrides, problems) = ModuleOverrides::parse(&[
+            param("modpython.call_timeout", Some("10")),
+            param("modpython.call_mode", Some("protected")),
+            param("modpython.bogus", Some("1")),
+            param("modpython.call_timeout", Some("-1")),
+        ]);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(
+            effective(&settings, &overrides),
+            (CallMode::Protected, Duration::from_secs(10))
+        );
+        assert_eq!(
+            effective(&settings, &ModuleOverrides::default()),
+            (CallMode::Inline, Duration::from_millis(500))
+        );
     }
 
     #[test]

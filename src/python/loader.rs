@@ -586,6 +586,15 @@ fn descriptor_to_metric(
     })
 }
 
+/// Calls each loaded module's `metric_cleanup()`, in load order.
+pub fn cleanup_all(py: Python<'_>, modules: &[LoadedModule]) {
+    let pairs: Vec<(ModuleRef, Py<PyModule>)> = modules
+        .iter()
+        .map(|m| (m.id.clone(), m.module.clone_ref(py)))
+        .collect();
+    cleanup_modules(py, &pairs, &|_| {});
+}
+
 /// Calls each module's `metric_cleanup()`, in load order; `progress` hears
 /// of each module before its cleanup runs.
 pub fn cleanup_modules(
