@@ -46,4 +46,13 @@ unsafe extern "C" {
     pub fn cfg_getstr(cfg: *mut cfg_t, name: *const c_char) -> *mut c_char;
     pub fn cfg_getbool(cfg: *mut cfg_t, name: *const c_char) -> cfg_bool_t;
     pub fn cfg_title(cfg: *mut cfg_t) -> *const c_char;
+
+    // For the tools: gmond's own config parser (libganglia; the result is a
+    // `cfg_t*` of gmond's schema, `Ganglia_gmond_config` in ganglia.h; it
+    // exits the process on a parse error), which needs APR initialised.
+    pub fn Ganglia_gmond_config_create(
+        path: *mut c_char,
+        fallback_to_default: c_int,
+    ) -> *mut c_void;
+    pub fn apr_initialize() -> c_int;
 }

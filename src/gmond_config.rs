@@ -207,6 +207,207 @@ pub fn c_string(text: &str) -> CString {
     CString::new(text.replace('\0', " ")).unwrap_or_default()
 }
 
+/// The `module` block gmond loads modpython from, as gmond picks it: named
+/// `python_module` (the symbol it looks up), language unset or `C`, enabled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostBlock {
+    /// `path`: the modpython.so gmond loads.
+    pub path: Option<String>,
+    /// `params`: the directory of Python metric modules.
+    pub params: Option<String>,
+    /// Its `param` list: the host settings.
+    pub param_list: Vec<Param>,
+}
+
+/// Reads the first [`HostBlock`] of a parsed config, if there is one.
+///
+/// # Safety
+/// As for [`read_module_blocks`].
+pub unsafe fn read_host_block(config: *mut ffi::cfg_t) -> Option<HostBlock> {
+    if config.is_null() {
+        return None;
+    }
+    // SAFETY: as in read_module_blocks.
+    let modules = unsafe { ffi::cfg_getsec(config, c"modules".as_ptr()) };
+    if modules.is_null() {
+        return None;
+    }
+    // SAFETY: `modules` is a live section with a "module" sub-section list.
+    let count = unsafe { ffi::cfg_size(modules, c"module".as_ptr()) };
+    (0..count).find_map(|i| {
+        // SAFETY: i < cfg_size, so libconfuse returns a live section.
+        let raw = unsafe { ffi::cfg_getnsec(modules, c"module".as_ptr(), i) };
+        if raw.is_null() {
+            return None;
+        }
+        // SAFETY: `raw` is a live module section of gmond's schema.
+        let block = unsafe { read_block(raw) };
+        let is_c = block
+            .language
+            .as_deref()
+            .is_none_or(|l| l.eq_ignore_ascii_case("c"));
+        if block.name.as_deref() != Some("python_module") || !is_c || !block.enabled {
+            return None;
+        }
+        // SAFETY: "path" and "params" are string options of the module schema.
+        let (path, params) = unsafe {
+            (
+                owned(ffi::cfg_getstr(raw, c"path".as_ptr())),
+                owned(ffi::cfg_getstr(raw, c"params".as_ptr())),
+            )
+        };
+        Some(HostBlock {
+            path,
+            params,
+            param_list: block.params,
+        })
+    })
+}
+
+/// One `metric { … }` of a `collection_group`: gmond collects the metrics
+/// named exactly, or whose name matches the regular expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectedMetric {
+    pub name: Option<String>,
+    pub name_match: Option<String>,
+}
+
+/// Every `collection_group { metric { … } }` entry of a parsed config.
+///
+/// # Safety
+/// As for [`read_module_blocks`].
+pub unsafe fn read_collected_metrics(config: *mut ffi::cfg_t) -> Vec<CollectedMetric> {
+    if config.is_null() {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    // SAFETY: "collection_group" is a multi-section of gmond's schema.
+    let groups = unsafe { ffi::cfg_size(config, c"collection_group".as_ptr()) };
+    for g in 0..groups {
+        // SAFETY: g < cfg_size.
+        let group = unsafe { ffi::cfg_getnsec(config, c"collection_group".as_ptr(), g) };
+        if group.is_null() {
+            continue;
+        }
+        // SAFETY: "metric" is a multi-section of collection_group.
+        let metrics = unsafe { ffi::cfg_size(group, c"metric".as_ptr()) };
+        for m in 0..metrics {
+            // SAFETY: m < cfg_size.
+            let metric = unsafe { ffi::cfg_getnsec(group, c"metric".as_ptr(), m) };
+            if metric.is_null() {
+                continue;
+            }
+            // SAFETY: "name" and "name_match" are string options of metric.
+            let (name, name_match) = unsafe {
+                (
+                    owned(ffi::cfg_getstr(metric, c"name".as_ptr())),
+                    owned(ffi::cfg_getstr(metric, c"name_match".as_ptr())),
+                )
+            };
+            found.push(CollectedMetric { name, name_match });
+        }
+    }
+    found
+}
+
+/// A configuration parsed by libganglia's parser; kept for the process's life.
+pub struct ParsedConfig(*mut ffi::cfg_t);
+
+impl ParsedConfig {
+    pub fn module_blocks(&self) -> Vec<ModuleBlock> {
+        // SAFETY: the cfg_t came from Ganglia_gmond_config_create (gmond's
+        // schema) and is never freed.
+        unsafe { read_module_blocks(self.0) }
+    }
+
+    pub fn host_block(&self) -> Option<HostBlock> {
+        // SAFETY: as above.
+        unsafe { read_host_block(self.0) }
+    }
+
+    pub fn gmond_user(&self) -> Option<String> {
+        // SAFETY: as above.
+        unsafe { read_gmond_user(self.0) }
+    }
+
+    pub fn collected_metrics(&self) -> Vec<CollectedMetric> {
+        // SAFETY: as above.
+        unsafe { read_collected_metrics(self.0) }
+    }
+}
+
+/// Parses a gmond configuration file, or a `.pyconf` fragment, with
+/// libganglia's own parser (`Ganglia_gmond_config_create`), so `include`s,
+/// case rules and defaults are exactly gmond's. Relative `include` paths are
+/// relative to the working directory, as for gmond.
+///
+/// libganglia exits the process on a parse error, so the file is parsed
+/// first in a forked child, whose error output becomes the `Err`. Call this
+/// before starting threads (the tools do, first thing).
+pub fn parse_config_file(path: &std::path::Path) -> Result<ParsedConfig, String> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+
+    std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let c_path = c_string(&path.display().to_string());
+    static APR: std::sync::Once = std::sync::Once::new();
+    // SAFETY: apr_initialize has no preconditions; Once makes it run once.
+    APR.call_once(|| unsafe {
+        ffi::apr_initialize();
+    });
+
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe writes.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the child only redirects its output, parses and `_exit`s; the
+    // callers are single-threaded at this point (see above).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: in the child: plain descriptor calls, then the parser on a
+        // path we own; `_exit` skips the parent's atexit handlers.
+        unsafe {
+            libc::close(fds[0]);
+            libc::dup2(fds[1], 1);
+            libc::dup2(fds[1], 2);
+            ffi::Ganglia_gmond_config_create(c_path.as_ptr() as *mut libc::c_char, 0);
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: fds[1] is ours to close; fds[0] is an open descriptor that the
+    // File takes ownership of.
+    let mut reader = unsafe {
+        libc::close(fds[1]);
+        std::fs::File::from_raw_fd(fds[0])
+    };
+    let mut output = String::new();
+    let _ = reader.read_to_string(&mut output);
+    let mut status: libc::c_int = 0;
+    // SAFETY: waiting for the child we forked.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        let output = output.trim();
+        return Err(format!(
+            "gmond's parser rejects {}: {}",
+            path.display(),
+            if output.is_empty() {
+                "no message"
+            } else {
+                output
+            }
+        ));
+    }
+    // SAFETY: the same call succeeded in the child, so it returns here too;
+    // the result is a `cfg_t*` of gmond's schema (ganglia.h hides the type).
+    let config =
+        unsafe { ffi::Ganglia_gmond_config_create(c_path.as_ptr() as *mut libc::c_char, 0) };
+    Ok(ParsedConfig(config as *mut ffi::cfg_t))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

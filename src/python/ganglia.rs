@@ -1,6 +1,12 @@
-//! The built-in `ganglia` Python module that metric modules can import.
+//! The built-in `ganglia` Python module that metric modules can import:
+//! gmond's debug level, logging into gmond's log, and the pieces the host
+//! installs at start so `print` and the `logging` package are heard.
+//! Type stubs for editors: `python/ganglia.pyi`.
 
+use log::Level;
 use pyo3::prelude::*;
+
+use super::stdio;
 
 /// gmond's effective debug level (`-d` beats `globals.debug_level`), as the
 /// original host offered it.
@@ -9,13 +15,147 @@ fn get_debug_msg_level() -> i32 {
     crate::gmond_log::debug_level()
 }
 
+fn say(py: Python<'_>, level: Level, message: &Bound<'_, PyAny>) -> PyResult<()> {
+    let text = message.str()?.to_string_lossy().into_owned();
+    let module = stdio::module_for_caller(py);
+    for line in text.lines() {
+        stdio::emit(level, &module, line);
+    }
+    Ok(())
+}
+
+/// Logs an error: always in gmond's log.
+#[pyfunction]
+fn log_error(py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<()> {
+    say(py, Level::Error, message)
+}
+
+/// Logs a warning: always in gmond's log.
+#[pyfunction]
+fn log_warning(py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<()> {
+    say(py, Level::Warn, message)
+}
+
+/// Logs information: shown when gmond's debug level is above 1.
+#[pyfunction]
+fn log_info(py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<()> {
+    say(py, Level::Info, message)
+}
+
+/// Logs a debug message: shown when gmond's debug level is above 1.
+#[pyfunction]
+fn log_debug(py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<()> {
+    say(py, Level::Debug, message)
+}
+
+/// The `logging` level number → `log` level.
+fn level_of(levelno: i64) -> Level {
+    match levelno {
+        n if n >= 40 => Level::Error,
+        n if n >= 30 => Level::Warn,
+        n if n >= 20 => Level::Info,
+        _ => Level::Debug,
+    }
+}
+
+/// Called by `LogHandler.emit` with an already formatted record.
+#[pyfunction]
+fn _emit_record(levelno: i64, text: &str, logger: &str, file_module: &str) {
+    let module = stdio::current_module().unwrap_or_else(|| file_module.to_owned());
+    let prefix = if logger == "root" || logger == module {
+        String::new()
+    } else {
+        format!("{logger}: ")
+    };
+    for line in text.lines() {
+        stdio::emit(level_of(levelno), &module, &format!("{prefix}{line}"));
+    }
+}
+
+/// The Python half: the `logging.Handler` subclass and its installation.
+const PYTHON_PART: &std::ffi::CStr = cr#"
+import logging as _logging
+
+class LogHandler(_logging.Handler):
+    """Sends logging records to gmond's log, tagged with the module's name.
+
+    The host installs one on the root logger at start. CRITICAL and ERROR
+    become errors, WARNING warnings (both always logged); INFO and DEBUG are
+    shown when gmond runs with a debug level above 1.
+    """
+
+    def emit(self, record):
+        try:
+            _emit_record(record.levelno, self.format(record), record.name,
+                         getattr(record, "module", "") or "python")
+        except Exception:
+            self.handleError(record)
+
+
+def _install_logging(verbose):
+    root = _logging.getLogger()
+    if not any(isinstance(h, LogHandler) for h in root.handlers):
+        root.addHandler(LogHandler())
+    if verbose:
+        root.setLevel(_logging.DEBUG)
+    original = _logging.basicConfig
+    if getattr(original, "_modpython", False):
+        return
+
+    def basicConfig(**kwargs):
+        # The root logger has our handler, so the real basicConfig would do
+        # nothing. Output to a file or stream of the module's choosing is set
+        # up as asked (next to ours); level and format apply to ours.
+        ours = [h for h in root.handlers if isinstance(h, LogHandler)]
+        if kwargs.get("force") or any(k in kwargs for k in ("filename", "stream", "handlers")):
+            for h in ours:
+                root.removeHandler(h)
+            try:
+                original(**kwargs)
+            finally:
+                for h in ours:
+                    if h not in root.handlers:
+                        root.addHandler(h)
+            return
+        if "level" in kwargs:
+            root.setLevel(kwargs["level"])
+        if "format" in kwargs or "datefmt" in kwargs:
+            style = kwargs.get("style", "%")
+            formatter = _logging.Formatter(kwargs.get("format"), kwargs.get("datefmt"), style)
+            for h in ours:
+                h.setFormatter(formatter)
+
+    basicConfig.__doc__ = original.__doc__
+    basicConfig._modpython = True
+    _logging.basicConfig = basicConfig
+"#;
+
 #[pymodule]
 #[pyo3(name = "ganglia")]
 pub fn ganglia_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(get_debug_msg_level, m)?)?;
+    m.add_function(wrap_pyfunction!(log_error, m)?)?;
+    m.add_function(wrap_pyfunction!(log_warning, m)?)?;
+    m.add_function(wrap_pyfunction!(log_info, m)?)?;
+    m.add_function(wrap_pyfunction!(log_debug, m)?)?;
+    m.add_function(wrap_pyfunction!(_emit_record, m)?)?;
+    m.add_class::<stdio::LogStream>()?;
     m.add(
         "__doc__",
         "Services gmond's Python host (modpython) offers to metric modules.",
     )?;
+    let py = m.py();
+    py.run(PYTHON_PART, Some(&m.dict()), None)?;
+    Ok(())
+}
+
+/// What the host does at start: `sys.stdout`/`sys.stderr` and the root
+/// logger go to gmond's log. `verbose` (gmond's debug level above 1) lowers
+/// the root logger to DEBUG so `logger.info()`/`debug()` get through.
+pub fn install(py: Python<'_>, verbose: bool) -> PyResult<()> {
+    stdio::install(py)?;
+    py.import("ganglia")?
+        .getattr("_install_logging")?
+        .call1((verbose,))?;
     Ok(())
 }

@@ -1,0 +1,262 @@
+//! What metric modules say: `print`, writes to `sys.stderr`, the `logging`
+//! package and `ganglia.log_*` all end up in gmond's log, one line per log
+//! record, tagged with the module's name.
+//!
+//! The module a line belongs to is the *current module*: the loader sets it
+//! around a module's import, `metric_init` and `metric_cleanup`, and the
+//! host around each metric callback ([`ModuleScope`]). Code running outside
+//! those calls (a module's own thread) is attributed through the calling
+//! Python frame's `__name__` instead.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Mutex;
+use std::thread::ThreadId;
+
+use log::Level;
+use pyo3::prelude::*;
+
+/// The `log` target of everything modules say; the host's own messages use
+/// their Rust module path. `modpython-check` tells the two apart by it.
+pub const MODULE_LOG_TARGET: &str = "modpython::module";
+
+/// A line longer than this is logged in pieces, so a module writing without
+/// newlines cannot grow a buffer without bound.
+const MAX_LINE_BYTES: usize = 4000;
+
+thread_local! {
+    /// A stack of module names; `depth` entries are live, the rest are kept
+    /// so entering a scope does not allocate once the thread has warmed up.
+    static SCOPES: RefCell<ScopeStack> = const {
+        RefCell::new(ScopeStack { names: Vec::new(), depth: 0 })
+    };
+}
+
+struct ScopeStack {
+    names: Vec<String>,
+    depth: usize,
+}
+
+/// While alive, output on this thread is attributed to the module named at
+/// [`ModuleScope::enter`]. Scopes nest; dropping one restores the previous.
+#[must_use = "the scope ends when this guard is dropped"]
+pub struct ModuleScope {
+    /// Tied to the thread whose stack it changed.
+    _not_send: PhantomData<*const ()>,
+}
+
+impl ModuleScope {
+    /// Makes `module` (the module's name, e.g. `ModuleRef::name`) the current module.
+    pub fn enter(module: &str) -> ModuleScope {
+        SCOPES.with(|s| {
+            let mut s = s.borrow_mut();
+            let depth = s.depth;
+            if let Some(slot) = s.names.get_mut(depth) {
+                slot.clear();
+                slot.push_str(module);
+            } else {
+                s.names.push(module.to_owned());
+            }
+            s.depth += 1;
+        });
+        ModuleScope {
+            _not_send: PhantomData,
+        }
+    }
+}
+
+impl Drop for ModuleScope {
+    fn drop(&mut self) {
+        SCOPES.with(|s| {
+            let mut s = s.borrow_mut();
+            s.depth = s.depth.saturating_sub(1);
+        });
+    }
+}
+
+/// The current module of this thread, if a [`ModuleScope`] is active.
+pub fn current_module() -> Option<String> {
+    SCOPES.with(|s| {
+        let s = s.borrow();
+        s.depth.checked_sub(1).map(|top| s.names[top].clone())
+    })
+}
+
+/// The module to attribute output to: the current scope, else the
+/// `__name__` of the Python code that called us, else `python`.
+pub fn module_for_caller(py: Python<'_>) -> String {
+    current_module()
+        .or_else(|| caller_module_name(py))
+        .unwrap_or_else(|| "python".to_owned())
+}
+
+fn caller_module_name(py: Python<'_>) -> Option<String> {
+    // A Rust function called from Python adds no frame, so frame 0 is the caller's.
+    let frame = py
+        .import("sys")
+        .and_then(|sys| sys.call_method1("_getframe", (0,)))
+        .ok()?;
+    let globals = frame.getattr("f_globals").ok()?;
+    globals.get_item("__name__").ok()?.extract::<String>().ok()
+}
+
+/// Logs one line a module said.
+pub fn emit(level: Level, module: &str, text: &str) {
+    log::log!(target: MODULE_LOG_TARGET, level, "[{module}] {text}");
+}
+
+/// `sys.stdout` / `sys.stderr` for module code: complete lines go to the
+/// log at this stream's level (stdout: info, stderr: warning).
+#[pyclass(module = "ganglia", name = "LogStream")]
+pub struct LogStream {
+    level: Level,
+    name: &'static str,
+    fd: i32,
+    /// Partial lines, per thread, so two threads printing do not mix.
+    pending: Mutex<HashMap<ThreadId, String>>,
+}
+
+impl LogStream {
+    pub fn new(name: &'static str, fd: i32, level: Level) -> LogStream {
+        LogStream {
+            level,
+            name,
+            fd,
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn emit_lines(&self, py: Python<'_>, lines: Vec<String>) {
+        if lines.is_empty() {
+            return;
+        }
+        let module = module_for_caller(py);
+        for line in lines {
+            emit(self.level, &module, &line);
+        }
+    }
+}
+
+#[pymethods]
+impl LogStream {
+    /// Buffers `text` and logs each complete line; returns its length, as
+    /// `io.TextIOBase.write` does.
+    fn write(&self, py: Python<'_>, text: &str) -> usize {
+        let mut lines = Vec::new();
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let buffer = pending.entry(std::thread::current().id()).or_default();
+            for piece in text.split_inclusive('\n') {
+                buffer.push_str(piece);
+                if buffer.ends_with('\n') {
+                    buffer.pop();
+                    if buffer.ends_with('\r') {
+                        buffer.pop();
+                    }
+                    lines.push(std::mem::take(buffer));
+                } else if buffer.len() > MAX_LINE_BYTES {
+                    lines.push(std::mem::take(buffer));
+                }
+            }
+            if buffer.is_empty() && buffer.capacity() == 0 {
+                pending.remove(&std::thread::current().id());
+            }
+        }
+        self.emit_lines(py, lines);
+        text.chars().count()
+    }
+
+    /// Logs this thread's partial line, if any.
+    fn flush(&self, py: Python<'_>) {
+        let line = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending
+                .remove(&std::thread::current().id())
+                .filter(|l| !l.is_empty())
+        };
+        self.emit_lines(py, line.into_iter().collect());
+    }
+
+    fn writable(&self) -> bool {
+        true
+    }
+
+    fn readable(&self) -> bool {
+        false
+    }
+
+    fn seekable(&self) -> bool {
+        false
+    }
+
+    fn isatty(&self) -> bool {
+        false
+    }
+
+    /// The process's own descriptor, for code that insists on one
+    /// (`faulthandler`, `subprocess`); what is written there bypasses the log.
+    fn fileno(&self) -> i32 {
+        self.fd
+    }
+
+    #[getter]
+    fn encoding(&self) -> &'static str {
+        "utf-8"
+    }
+
+    #[getter]
+    fn errors(&self) -> &'static str {
+        "replace"
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        false
+    }
+
+    #[getter]
+    fn name(&self) -> String {
+        format!("<{} (gmond's log)>", self.name)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<ganglia.LogStream {} -> gmond's log>", self.name)
+    }
+}
+
+/// Replaces `sys.stdout` and `sys.stderr` with [`LogStream`]s.
+pub fn install(py: Python<'_>) -> PyResult<()> {
+    let sys = py.import("sys")?;
+    sys.setattr(
+        "stdout",
+        Py::new(py, LogStream::new("stdout", 1, Level::Info))?,
+    )?;
+    sys.setattr(
+        "stderr",
+        Py::new(py, LogStream::new("stderr", 2, Level::Warn))?,
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_nest_and_restore() {
+        assert_eq!(current_module(), None);
+        {
+            let _a = ModuleScope::enter("alpha");
+            assert_eq!(current_module().as_deref(), Some("alpha"));
+            {
+                let _b = ModuleScope::enter("beta");
+                assert_eq!(current_module().as_deref(), Some("beta"));
+            }
+            assert_eq!(current_module().as_deref(), Some("alpha"));
+            let _c = ModuleScope::enter("gamma");
+            assert_eq!(current_module().as_deref(), Some("gamma"));
+        }
+        assert_eq!(current_module(), None);
+    }
+}
