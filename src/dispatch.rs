@@ -85,9 +85,9 @@ pub fn invoke(py: Python<'_>, target: &CallTarget) -> Result<Value, Failed> {
     }
 }
 
-/// An inline call on gmond's thread, under the watchdog's deadline.
-pub fn call_inline(target: &CallTarget, deadline: Duration) -> Outcome {
-    let started = Instant::now();
+/// An inline call on gmond's thread, under the watchdog's deadline;
+/// `started` is when the caller began timing it (one clock read per call).
+pub fn call_inline(target: &CallTarget, deadline: Duration, started: Instant) -> Outcome {
     let guard = interrupt::arm(deadline);
     let result = Python::attach(|py| {
         let result = invoke(py, target);
@@ -175,9 +175,13 @@ impl Worker {
 
     /// Has the worker call metric `index`, waiting at most `deadline`. On
     /// `Err`, the worker is stuck in the call and must not be used again.
-    pub fn call(&self, index: usize, deadline: Duration) -> Result<Outcome, Stuck> {
+    pub fn call(
+        &self,
+        index: usize,
+        deadline: Duration,
+        started: Instant,
+    ) -> Result<Outcome, Stuck> {
         let slot = &self.slot;
-        let started = Instant::now();
         slot.index.store(index, Ordering::Relaxed);
         slot.state.store(REQUESTED, Ordering::SeqCst);
         if slot.worker_asleep.load(Ordering::SeqCst) {

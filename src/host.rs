@@ -298,8 +298,8 @@ impl Host {
         let state = &self.module_states[module];
         let (mode, timeout) = (state.mode, state.timeout);
         let outcome = match mode {
-            CallMode::Inline => dispatch::call_inline(&self.targets[index], timeout),
-            CallMode::Protected => match self.protected_call(index, timeout) {
+            CallMode::Inline => dispatch::call_inline(&self.targets[index], timeout, now),
+            CallMode::Protected => match self.protected_call(index, timeout, now) {
                 Ok(outcome) => outcome,
                 Err(stuck) => {
                     let elapsed = stuck.since.elapsed();
@@ -376,18 +376,27 @@ impl Host {
 
     /// A call on the worker; when it gets stuck, a fresh worker takes over
     /// so other modules are not held up.
-    fn protected_call(&mut self, index: usize, timeout: Duration) -> Result<Outcome, Stuck> {
+    fn protected_call(
+        &mut self,
+        index: usize,
+        timeout: Duration,
+        started: Instant,
+    ) -> Result<Outcome, Stuck> {
         if self.worker.is_none() {
             match spawn_worker(&self.targets) {
                 Ok(w) => self.worker = Some(w),
                 Err(e) => {
                     log::error!("{e}; the call is made on gmond's thread instead");
-                    return Ok(dispatch::call_inline(&self.targets[index], timeout));
+                    return Ok(dispatch::call_inline(
+                        &self.targets[index],
+                        timeout,
+                        started,
+                    ));
                 }
             }
         }
         let worker = self.worker.as_ref().expect("worker was just ensured");
-        match worker.call(index, timeout) {
+        match worker.call(index, timeout, started) {
             Ok(outcome) => Ok(outcome),
             Err(stuck) => {
                 // The old worker stays with its call; it exits when the call returns.
