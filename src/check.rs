@@ -370,7 +370,14 @@ impl Report {
                 let values = m
                     .values
                     .iter()
-                    .map(|v| v.clone().unwrap_or_else(|| "FAILED".to_owned()))
+                    .map(|v| match v {
+                        // Long strings would make the table unreadable; --json has them whole.
+                        Some(v) if v.chars().count() > 32 => {
+                            format!("{}…", v.chars().take(31).collect::<String>())
+                        }
+                        Some(v) => v.clone(),
+                        None => "FAILED".to_owned(),
+                    })
                     .collect::<Vec<_>>()
                     .join(" | ");
                 let time = if m.times.len() > 1 {
