@@ -27,11 +27,13 @@ use pyo3::prelude::*;
 use pyo3::types::PyString;
 
 use crate::descriptor::ValueType;
-use crate::python::{errors, extract, interrupt};
+use crate::python::{errors, extract, interrupt, stdio};
 use crate::value::{self, ConversionError, Value};
 
 /// Everything a worker needs to make one metric's call.
 pub struct CallTarget {
+    /// The module's name, for attributing the call's output (print, logging).
+    pub module_name: Arc<str>,
     pub callback: Py<PyAny>,
     pub py_name: Py<PyString>,
     pub value_type: ValueType,
@@ -77,6 +79,7 @@ pub enum Outcome {
 /// Calls the metric's callback with its name and converts the result.
 /// Must run with the GIL held; every mode ends up here.
 pub fn invoke(py: Python<'_>, target: &CallTarget) -> Result<Value, Failed> {
+    let _scope = stdio::ModuleScope::enter(&target.module_name);
     match target.callback.bind(py).call1((target.py_name.bind(py),)) {
         Ok(obj) => {
             value::convert(&extract::returned(&obj), target.value_type).map_err(Failed::Value)

@@ -137,6 +137,11 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
             }
         })
         .collect();
+    let module_names: Vec<Arc<str>> = loaded
+        .modules
+        .iter()
+        .map(|m| Arc::from(m.id.name.as_str()))
+        .collect();
     let mut descriptors: Vec<MetricDescriptor> = Vec::with_capacity(loaded.metrics.len());
     let mut targets = Vec::with_capacity(loaded.metrics.len());
     let mut metrics = Vec::with_capacity(loaded.metrics.len());
@@ -149,6 +154,7 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
             failure: None,
         });
         targets.push(CallTarget {
+            module_name: Arc::clone(&module_names[m.module]),
             callback: m.callback,
             py_name: m.py_name,
             value_type: m.descriptor.value_type,

@@ -302,12 +302,18 @@ fn broken_fixture_is_isolated() {
         ],
         &[],
     );
+    // The standard library of whichever CPython the host was built against.
+    let stdlib_json = format!(
+        "the name 'json' is already taken by {}/lib/python{}/json/__init__.py",
+        modpython::python::PYTHON_HOME,
+        modpython::python::PYTHON_VERSION
+    );
     expect_message(
         &g,
         "error",
         "json",
         &[
-            "the name 'json' is already taken by /usr/lib/python3",
+            stdlib_json.as_str(),
             "a standard-library or installed module",
             "rename",
         ],
