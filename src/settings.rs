@@ -34,6 +34,8 @@ pub struct HostSettings {
     pub self_metrics: bool,
     /// Longest pause between retries of a handler that keeps failing.
     pub retry_max_interval: Duration,
+    /// How long one module's import and `metric_init` may take.
+    pub init_timeout: Duration,
 }
 
 /// Where handler calls run.
@@ -114,6 +116,7 @@ impl Default for HostSettings {
             call_mode: CallMode::Protected,
             self_metrics: true,
             retry_max_interval: Duration::from_secs(300),
+            init_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -146,6 +149,11 @@ pub const HOST_SETTINGS: &[Setting] = &[
         name: "retry_max_interval",
         help: "longest pause, in seconds, between retries of a handler that keeps failing (default 300)",
         apply: |s, v| parse_seconds(v).map(|d| s.retry_max_interval = d),
+    },
+    Setting {
+        name: "init_timeout",
+        help: "seconds one module's import and metric_init may take (default 30) before they are interrupted and the module is skipped",
+        apply: |s, v| parse_seconds(v).map(|d| s.init_timeout = d),
     },
     Setting {
         name: "strict_permissions",

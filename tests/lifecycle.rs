@@ -288,3 +288,58 @@ fn python_module_without_params_is_a_clear_error() {
         "a module ran without a module dir"
     );
 }
+
+const SLOW_INIT: &str = r#"
+import time
+
+def metric_init(params):
+    time.sleep(3600)
+    return []
+"#;
+
+const QUICK: &str = r#"
+def handler(name):
+    return 7
+
+def metric_init(params):
+    return [{'name': 'quick_seven', 'call_back': handler, 'time_max': 60,
+             'value_type': 'uint', 'units': 'n', 'slope': 'both',
+             'format': '%u', 'description': 'seven'}]
+"#;
+
+#[test]
+fn hanging_metric_init_is_interrupted_and_skipped() {
+    let started = Instant::now();
+    let g = GmondBuilder::new()
+        .host_param("init_timeout", "1")
+        .module_file("slow_init.py", SLOW_INIT)
+        .module_file("quick.py", QUICK)
+        .pyconf_text(
+            "slow",
+            r#"modules {
+  module { name = "slow_init" language = "python" }
+  module { name = "quick" language = "python" }
+}
+collection_group { collect_every = 1 time_threshold = 1 metric { name = "quick_seven" } }
+"#,
+        )
+        .start();
+    let m = g.wait_metric("quick_seven", FIRST_VALUES);
+    gmond_assert_eq!(g, m.val, "7");
+    // gmond started although one module's metric_init never returns.
+    gmond_assert!(
+        g,
+        started.elapsed() < Duration::from_secs(20),
+        "gmond took {:?} to publish",
+        started.elapsed()
+    );
+    let line = error_line(&g, "module 'slow_init'");
+    gmond_assert!(
+        g,
+        line.contains("metric_init did not finish within init_timeout and was interrupted")
+            && line.contains("slow_init.py"),
+        "unexpected error line: {line}"
+    );
+    g.signal(libc::SIGTERM);
+    gmond_assert!(g, g.wait_exit(EXIT_TIMEOUT).is_some_and(|s| s.success()));
+}

@@ -233,7 +233,13 @@ pub fn load_all(
         for problem in problems {
             log::warn!("{id}: {problem}");
         }
-        match load_module(py, dir, &id, block) {
+        // Import and metric_init run on gmond's thread, before it serves
+        // anything: a module hanging here would hold up gmond's start, so the
+        // inline watchdog (python::interrupt) bounds them too.
+        let armed = super::interrupt::arm(options.settings.init_timeout);
+        let result = load_module(py, dir, &id, block);
+        drop(armed);
+        match result {
             Ok((module, results)) => {
                 let index = loaded.modules.len();
                 loaded.modules.push(LoadedModule {
@@ -374,8 +380,13 @@ fn load_module(
         let hint = errors::python2_hint(py, &e)
             .map(|h| format!(" ({h})"))
             .unwrap_or_default();
+        let what = if super::interrupt::is_deadline(py, &e) {
+            "import did not finish within init_timeout and was interrupted"
+        } else {
+            "import failed"
+        };
         format!(
-            "import failed; the module is skipped{hint}\n{}",
+            "{what}; the module is skipped{hint}\n{}",
             errors::describe(py, &e)
         )
     })?;
@@ -408,8 +419,13 @@ fn load_module(
     }
 
     let result = init.call1((params,)).map_err(|e| {
+        let what = if super::interrupt::is_deadline(py, &e) {
+            "metric_init did not finish within init_timeout and was interrupted"
+        } else {
+            "metric_init raised an exception"
+        };
         format!(
-            "metric_init raised an exception; the module is skipped\n{}",
+            "{what}; the module is skipped\n{}",
             errors::describe(py, &e)
         )
     });
