@@ -104,10 +104,16 @@ pub struct GmondBuilder {
     inherit_env: bool,
     path: OsString,
     debug_level: u32,
+    setuid_user: Option<String>,
     extra_config: Vec<String>,
     python_module: bool,
     so_path: Option<PathBuf>,
     gmond_args: Vec<OsString>,
+    globals_raw: Vec<String>,
+    channels: Option<String>,
+    fixed_udp_port: Option<u16>,
+    fixed_tcp_port: Option<u16>,
+    config_template: Option<String>,
 }
 
 impl Default for GmondBuilder {
@@ -130,10 +136,16 @@ impl GmondBuilder {
             inherit_env: false,
             path: OsString::from(DEFAULT_PATH),
             debug_level: 0,
+            setuid_user: None,
             extra_config: Vec::new(),
             python_module: true,
             so_path: None,
             gmond_args: Vec::new(),
+            globals_raw: Vec::new(),
+            channels: None,
+            fixed_udp_port: None,
+            fixed_tcp_port: None,
+            config_template: None,
         }
     }
 
@@ -253,6 +265,15 @@ impl GmondBuilder {
         self
     }
 
+    /// `setuid = yes` and `user = USER` in `globals` (the default is
+    /// `setuid = no`): gmond drops to USER after modpython's `init`, and a
+    /// SIGHUP re-exec runs `init` as USER. The run's dirs are 0755 and its
+    /// files 0644 (umask 022), so USER can read them.
+    pub fn setuid_user(mut self, user: &str) -> Self {
+        self.setuid_user = Some(user.into());
+        self
+    }
+
     /// Appends raw text to the end of the main config file.
     pub fn extra_config(mut self, text: &str) -> Self {
         self.extra_config.push(text.into());
@@ -262,6 +283,46 @@ impl GmondBuilder {
     /// Extra command-line arguments after `-f -c <conf>` (e.g. `-m`).
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
         self.gmond_args.push(arg.as_ref().to_os_string());
+        self
+    }
+
+    /// Adds a line inside the `globals` block, after the harness's own
+    /// settings (libconfuse keeps the last value, so this also overrides them:
+    /// `.global("send_metadata_interval", "5")`, `.global("mute", "yes")`).
+    pub fn global(mut self, key: &str, value: &str) -> Self {
+        self.globals_raw.push(format!("{key} = {value}"));
+        self
+    }
+
+    /// Replaces the harness's three channel lines (UDP send and receive on one
+    /// loopback port, TCP accept) with `text`, e.g. to send to another gmond.
+    /// `{udp_port}` and `{tcp_port}` in `text` become the run's ports. Keep a
+    /// `tcp_accept_channel` on `{tcp_port}`: `start()` waits for it. Stay on
+    /// loopback.
+    pub fn channels(mut self, text: &str) -> Self {
+        self.channels = Some(text.into());
+        self
+    }
+
+    /// Uses this UDP port instead of a free one (e.g. to restart a gmond that
+    /// peers send to). `start()` retries a few times if it is still taken.
+    pub fn udp_port(mut self, port: u16) -> Self {
+        self.fixed_udp_port = Some(port);
+        self
+    }
+
+    /// Uses this TCP (XML) port instead of a free one.
+    pub fn tcp_port(mut self, port: u16) -> Self {
+        self.fixed_tcp_port = Some(port);
+        self
+    }
+
+    /// Uses `text` as the whole config file instead of generating one (the
+    /// module, pyconf, global and channel options are then ignored).
+    /// `{udp_port}`, `{tcp_port}`, `{dir}`, `{modules}` and `{confd}` are
+    /// replaced by the run's values.
+    pub fn config_template(mut self, text: &str) -> Self {
+        self.config_template = Some(text.into());
         self
     }
 
@@ -284,6 +345,11 @@ impl GmondBuilder {
             // Another process may grab a port between our probe and gmond's bind.
             if log.contains("Unable to create") {
                 last_log = log;
+                if self.fixed_udp_port.is_some() || self.fixed_tcp_port.is_some() {
+                    // A fixed port does not change between attempts: give
+                    // its previous owner time to let go of it.
+                    thread::sleep(Duration::from_secs(1));
+                }
                 continue;
             }
             return g;
@@ -318,13 +384,24 @@ impl GmondBuilder {
             }
         }
 
-        let udp_port = free_udp_port();
-        let tcp_port = free_tcp_port();
+        let udp_port = self.fixed_udp_port.unwrap_or_else(free_udp_port);
+        let tcp_port = self.fixed_tcp_port.unwrap_or_else(free_tcp_port);
         let conf = dir.path().join("gmond.conf");
-        write(
-            &conf,
-            &self.config_text(so, &modules, &confd, udp_port, tcp_port),
-        );
+        let text = match &self.config_template {
+            Some(t) => t
+                .replace("{udp_port}", &udp_port.to_string())
+                .replace("{tcp_port}", &tcp_port.to_string())
+                .replace("{dir}", &dir.path().to_string_lossy())
+                .replace("{modules}", &modules.to_string_lossy())
+                .replace("{confd}", &confd.to_string_lossy()),
+            None => self.config_text(so, &modules, &confd, udp_port, tcp_port),
+        };
+        write(&conf, &text);
+        if self.setuid_user.is_some() {
+            // Whatever the umask, gmond's user must read all of it (a SIGHUP
+            // re-exec reads the config and imports the modules as that user).
+            readable_by_all(dir.path());
+        }
 
         let mut cmd = Command::new(gmond_binary());
         cmd.arg("-f")
@@ -384,15 +461,38 @@ impl GmondBuilder {
         // gmond exits when the kernel caps it (net.core.rmem_max, 4 MiB here).
         let _ = write!(
             c,
-            "globals {{\n  daemonize = no\n  setuid = no\n  user = nobody\n  debug_level = {dbg}\n  \
-             host_dmax = 0\n  send_metadata_interval = 0\n}}\n\
-             cluster {{ name = \"modpython-test\" }}\n\
-             host {{ location = \"test\" }}\n\
-             udp_send_channel {{ host = 127.0.0.1 port = {udp_port} }}\n\
-             udp_recv_channel {{ bind = 127.0.0.1 port = {udp_port} }}\n\
-             tcp_accept_channel {{ bind = 127.0.0.1 port = {tcp_port} }}\n",
+            "globals {{\n  daemonize = no\n  setuid = {setuid}\n  user = {user}\n  debug_level = {dbg}\n  \
+             host_dmax = 0\n  send_metadata_interval = 0\n",
+            setuid = if self.setuid_user.is_some() {
+                "yes"
+            } else {
+                "no"
+            },
+            user = self.setuid_user.as_deref().unwrap_or("nobody"),
             dbg = self.debug_level,
         );
+        for raw in &self.globals_raw {
+            let _ = writeln!(c, "  {raw}");
+        }
+        c.push_str("}\ncluster { name = \"modpython-test\" }\nhost { location = \"test\" }\n");
+        match &self.channels {
+            Some(text) => {
+                c.push_str(
+                    &text
+                        .replace("{udp_port}", &udp_port.to_string())
+                        .replace("{tcp_port}", &tcp_port.to_string()),
+                );
+                c.push('\n');
+            }
+            None => {
+                let _ = write!(
+                    c,
+                    "udp_send_channel {{ host = 127.0.0.1 port = {udp_port} }}\n\
+                     udp_recv_channel {{ bind = 127.0.0.1 port = {udp_port} }}\n\
+                     tcp_accept_channel {{ bind = 127.0.0.1 port = {tcp_port} }}\n",
+                );
+            }
+        }
         if let Some(so) = so {
             let params = self
                 .module_params
@@ -1060,6 +1160,29 @@ pub fn copy_tree(src: &Path, dst: &Path) {
             copy_tree(&from, &to);
         } else {
             std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+        }
+    }
+}
+
+/// Makes `path` and everything under it readable (dirs also searchable)
+/// by everyone, without making anything writable by others.
+fn readable_by_all(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
+    let mode = meta.permissions().mode() & 0o7777;
+    let wanted = if meta.is_dir() {
+        (mode | 0o755) & !0o022
+    } else {
+        (mode | 0o644) & !0o022
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(wanted))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+    if meta.is_dir() {
+        for entry in
+            std::fs::read_dir(path).unwrap_or_else(|e| panic!("read_dir {}: {e}", path.display()))
+        {
+            let entry = entry.unwrap_or_else(|e| panic!("read_dir {}: {e}", path.display()));
+            readable_by_all(&entry.path());
         }
     }
 }
