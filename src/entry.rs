@@ -66,8 +66,10 @@ extern "C" fn init(pool: *mut apr_pool_t) -> c_int {
                 // SAFETY: the pool gmond passes to init lives until gmond exits.
                 pool: unsafe { GmondPool::from_init(pool) },
             };
+            let pool_handle = input.pool;
             match host::init(input) {
                 Ok(table) => {
+                    pool_handle.on_shutdown(shutdown_hook);
                     // SAFETY: as above; gmond reads metrics_info right after init returns.
                     unsafe { (*module).metrics_info = table };
                     0
@@ -86,6 +88,20 @@ extern "C" fn handler(index: c_int) -> g_val_t {
         "handler",
         || host::fallback_value(index),
         || host::collect(index),
+    )
+}
+
+/// Runs the modules' cleanup as soon as gmond starts tearing down its pool
+/// (see `GmondPool::on_shutdown`); gmond's own `cleanup` call later finds
+/// nothing left to do.
+unsafe extern "C" fn shutdown_hook(_data: *mut libc::c_void) -> c_int {
+    guard::ffi_boundary(
+        "cleanup",
+        || 0,
+        || {
+            host::cleanup();
+            0
+        },
     )
 }
 

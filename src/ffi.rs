@@ -36,6 +36,11 @@ unsafe extern "C" {
         abort_fn: *mut c_void,
         allocator: *mut c_void,
     ) -> c_int;
+    pub fn apr_pool_pre_cleanup_register(
+        pool: *mut apr_pool_t,
+        data: *const c_void,
+        plain_cleanup: Option<unsafe extern "C" fn(*mut c_void) -> c_int>,
+    );
     pub fn apr_table_make(pool: *mut apr_pool_t, nelts: c_int) -> *mut apr_table_t;
     pub fn apr_table_add(table: *mut apr_table_t, key: *const c_char, val: *const c_char);
 
