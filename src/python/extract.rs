@@ -15,7 +15,7 @@ pub fn returned(obj: &Bound<'_, PyAny>) -> Returned {
         return Returned::None;
     }
     if let Ok(s) = obj.cast::<PyString>() {
-        return Returned::Str(s.to_string_lossy().into_owned());
+        return Returned::Str(text_of(s));
     }
     // bool before int: bool is a subclass of int.
     if let Ok(b) = obj.cast::<PyBool>() {
@@ -31,6 +31,19 @@ pub fn returned(obj: &Bound<'_, PyAny>) -> Returned {
         return Returned::Str(String::from_utf8_lossy(&bytes).into_owned());
     }
     other(obj)
+}
+
+/// A Python str as Rust text. A str with lone surrogates is not valid
+/// UTF-8; each of them becomes one `?` (Python's own "replace" rule), not
+/// the three replacement characters a byte-wise lossy decode would give.
+fn text_of(s: &Bound<'_, PyString>) -> String {
+    if let Ok(text) = s.to_str() {
+        return text.to_owned();
+    }
+    s.call_method1("encode", ("utf-8", "replace"))
+        .and_then(|b| b.extract::<Vec<u8>>())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_else(|_| s.to_string_lossy().into_owned())
 }
 
 fn bytes_of(obj: &Bound<'_, PyAny>) -> Option<Vec<u8>> {
@@ -53,7 +66,7 @@ fn other(obj: &Bound<'_, PyAny>) -> Returned {
     let text = if is_container {
         None
     } else {
-        obj.str().ok().map(|s| s.to_string_lossy().into_owned())
+        obj.str().ok().map(|s| text_of(&s))
     };
     // float() covers Decimal, Fraction, numpy scalars and anything with __float__/__index__.
     let as_float = if is_container {
@@ -74,7 +87,7 @@ pub fn field(obj: &Bound<'_, PyAny>) -> Field {
         return Field::None;
     }
     if let Ok(s) = obj.cast::<PyString>() {
-        return Field::Str(s.to_string_lossy().into_owned());
+        return Field::Str(text_of(s));
     }
     if let Ok(b) = obj.cast::<PyBool>() {
         return Field::Bool(b.is_true());
@@ -110,12 +123,9 @@ pub fn descriptor_entries(dict: &Bound<'_, PyDict>) -> (Vec<(String, Field)>, Ve
     let mut notes = Vec::new();
     for (key, value) in dict.iter() {
         let key_text = match key.cast::<PyString>() {
-            Ok(s) => s.to_string_lossy().into_owned(),
+            Ok(s) => text_of(s),
             Err(_) => {
-                let text = key
-                    .str()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+                let text = key.str().map(|s| text_of(&s)).unwrap_or_default();
                 notes.push(format!("key {text:?} is not a str; using its text"));
                 text
             }
