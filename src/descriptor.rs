@@ -183,6 +183,18 @@ pub fn check(entries: &[(String, Field)]) -> Checked {
             .map(|(k, v)| (k, v))
     };
     let mut missing: Vec<&str> = Vec::new();
+    // Before any check can refuse the descriptor: a misspelt `valu_type` is
+    // most useful to hear about exactly when `value_type` is then missing.
+    for (key, _) in entries {
+        if KNOWN_KEYS.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+            continue;
+        }
+        if let Some(known) = likely_misspelling(key) {
+            out.warnings.push(format!(
+                "key '{key}' looks like a misspelling of '{known}'; it is not used as '{known}' (other keys are sent as extra metadata)"
+            ));
+        }
+    }
 
     // name
     let name = match find("name").map(|(_, v)| v) {
@@ -361,11 +373,6 @@ pub fn check(entries: &[(String, Field)]) -> Checked {
                 key.to_ascii_uppercase()
             ));
             continue;
-        }
-        if let Some(known) = likely_misspelling(key) {
-            out.warnings.push(format!(
-                "extra key '{key}' looks like a misspelling of '{known}'; it is sent as extra metadata, not used as '{known}'"
-            ));
         }
         match value.as_text() {
             Some(text) => {
@@ -849,6 +856,22 @@ mod tests {
                 .extra
                 .iter()
                 .any(|(k, _)| k == "valu_type")
+        );
+    }
+
+    #[test]
+    fn a_misspelling_is_reported_even_when_it_makes_the_metric_fail() {
+        let mut d = seed_descriptor();
+        d.retain(|(k, _)| k != "value_type");
+        d.push(entry("valu_type", s("uint")));
+        let c = check(&d);
+        assert!(c.error.unwrap().contains("no 'value_type'"));
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("'valu_type' looks like a misspelling of 'value_type'")),
+            "{:?}",
+            c.warnings
         );
     }
 
