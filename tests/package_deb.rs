@@ -386,6 +386,14 @@ fn run_installed_gmond(stage: &str) {
         0,
         "{stage}: modpython errors"
     );
+    // The shipped modpython.conf collects the host's own metrics.
+    let loaded = g.wait_metric("modpython_modules_loaded", secs(20));
+    gmond_assert_eq!(g, loaded.val, "1", "{stage}: modpython_modules_loaded");
+    gmond_assert!(
+        g,
+        loaded.extras("GROUP").contains(&"modpython"),
+        "{stage}: GROUP of modpython_modules_loaded"
+    );
     // The other examples stay disabled.
     gmond_assert!(
         g,
