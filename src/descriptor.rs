@@ -545,15 +545,22 @@ pub fn check_format(format: &str, value_type: ValueType) -> Result<(), String> {
         }
     }
     let is_real = matches!(value_type, ValueType::Float | ValueType::Double);
-    // Length modifiers: h/hh are harmless for promoted ints; l only for reals
-    // (%lf is %f); anything wider would read past the value gmond passes.
-    while i < bytes.len() && (bytes[i] == b'h' || (is_real && bytes[i] == b'l')) {
+    // gmond formats with APR's apr_snprintf, not libc's: it has no %F and no
+    // hh, and h would cut the value to 16 bits. Only l is harmless, on reals
+    // (%lf is %f); a wider integer modifier would read past gmond's value.
+    if is_real && bytes.get(i) == Some(&b'l') {
         i += 1;
     }
     let Some(&conversion) = bytes.get(i) else {
         return Err("it has no conversion character".to_owned());
     };
-    let allowed: &[u8] = if is_real { b"fFeEgG" } else { b"diu" };
+    // A %d would show a uint above 2^31 as negative, a %u a negative int
+    // as huge: each integer type has its own conversion.
+    let allowed: &[u8] = match value_type {
+        ValueType::Uint => b"u",
+        ValueType::Int => b"di",
+        _ => b"feEgG",
+    };
     if !allowed.contains(&conversion) {
         return Err(format!(
             "'%{}' cannot print a {}; use one of {}",
@@ -790,6 +797,11 @@ mod tests {
             ("%d", ValueType::Float),
             ("%u", ValueType::String),
             ("", ValueType::Double),
+            ("%F", ValueType::Double),
+            ("%hu", ValueType::Uint),
+            ("%hhd", ValueType::Int),
+            ("%d", ValueType::Uint),
+            ("%u", ValueType::Int),
         ] {
             assert!(
                 check_format(fmt, t).is_err(),
@@ -798,8 +810,9 @@ mod tests {
         }
         for (fmt, t) in [
             ("%u", ValueType::Uint),
-            ("%d", ValueType::Uint),
+            ("%08u", ValueType::Uint),
             ("%5d", ValueType::Int),
+            ("%i", ValueType::Int),
             ("%.2f", ValueType::Float),
             ("%lf", ValueType::Double),
             ("%g", ValueType::Double),

@@ -18,6 +18,7 @@
 //!   overrun (see `python::interrupt`); a call stuck where no signal reaches
 //!   it (kernel D state, a C loop) does stall gmond in this mode.
 
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, Thread};
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
+use crate::cycles;
 use crate::descriptor::ValueType;
 use crate::python::{errors, extract, interrupt, stdio};
 use crate::value::{self, ConversionError, Value};
@@ -42,28 +44,41 @@ pub struct CallTarget {
 /// The metrics' call targets, shared with the workers.
 pub type Targets = Arc<Vec<CallTarget>>;
 
-/// Why a call produced no value.
+/// Why a call produced no value. The texts are made while the GIL is
+/// held, where the call ran: gmond's thread must never wait for the GIL just
+/// to log, since a stuck call elsewhere may hold it indefinitely.
 pub enum Failed {
     /// The callback raised (SystemExit and KeyboardInterrupt included).
-    Raised(PyErr),
+    Raised {
+        /// The exception's last line.
+        summary: String,
+        /// The whole traceback.
+        detail: String,
+    },
     /// It returned something that does not convert to the metric's type.
     Value(ConversionError),
 }
 
 impl Failed {
+    fn raised(py: Python<'_>, err: &PyErr) -> Failed {
+        let detail = errors::describe(py, err);
+        let summary = detail.lines().last().unwrap_or_default().to_owned();
+        Failed::Raised { summary, detail }
+    }
+
     /// The traceback (or reason) in full, for the first report of a run.
-    pub fn detail(&self) -> String {
+    pub fn detail(&self) -> &str {
         match self {
-            Failed::Raised(err) => Python::attach(|py| errors::describe(py, err)),
-            Failed::Value(e) => e.0.clone(),
+            Failed::Raised { detail, .. } => detail,
+            Failed::Value(e) => &e.0,
         }
     }
 
     /// One line, for the periodic reminders.
-    pub fn summary(&self) -> String {
+    pub fn summary(&self) -> &str {
         match self {
-            Failed::Raised(err) => Python::attach(|py| errors::summary(py, err)),
-            Failed::Value(e) => e.0.clone(),
+            Failed::Raised { summary, .. } => summary,
+            Failed::Value(e) => &e.0,
         }
     }
 }
@@ -77,34 +92,45 @@ pub enum Outcome {
 }
 
 /// Calls the metric's callback with its name and converts the result.
-/// Must run with the GIL held; every mode ends up here.
-pub fn invoke(py: Python<'_>, target: &CallTarget) -> Result<Value, Failed> {
+/// Must run with the GIL held; every mode ends up here. The exception is
+/// handed back raw so the inline path can tell its own deadline apart.
+pub fn invoke(
+    py: Python<'_>,
+    target: &CallTarget,
+) -> Result<Value, Result<PyErr, ConversionError>> {
     let _scope = stdio::ModuleScope::enter(&target.module_name);
     match target.callback.bind(py).call1((target.py_name.bind(py),)) {
-        Ok(obj) => {
-            value::convert(&extract::returned(&obj), target.value_type).map_err(Failed::Value)
-        }
-        Err(err) => Err(Failed::Raised(err)),
+        Ok(obj) => value::convert(&extract::returned(&obj), target.value_type).map_err(Err),
+        Err(err) => Err(Ok(err)),
     }
 }
 
-/// An inline call on gmond's thread, under the watchdog's deadline;
-/// `started` is when the caller began timing it (one clock read per call).
-pub fn call_inline(target: &CallTarget, deadline: Duration, started: Instant) -> Outcome {
-    let guard = interrupt::arm(deadline);
-    let result = Python::attach(|py| {
-        let result = invoke(py, target);
+/// [`invoke`], with any failure described while the GIL is still held.
+fn invoke_described(py: Python<'_>, target: &CallTarget) -> Result<Value, Failed> {
+    invoke(py, target).map_err(|failure| match failure {
+        Ok(err) => Failed::raised(py, &err),
+        Err(conversion) => Failed::Value(conversion),
+    })
+}
+
+/// An inline call on gmond's thread, under the watchdog's deadline.
+pub fn call_inline(target: &CallTarget, index: usize, deadline: Duration) -> Outcome {
+    let started = cycles::now();
+    let guard = interrupt::arm(deadline, interrupt::CallLabel::Metric(index));
+    let result = Python::attach(|py| match invoke(py, target) {
+        Ok(value) => Some(Ok(value)),
         // A deadline exception is ours, not the module's.
-        match result {
-            Err(Failed::Raised(ref err)) if interrupt::is_deadline(py, err) => None,
-            other => Some(other),
-        }
+        Err(Ok(err)) if interrupt::is_deadline(py, &err) => None,
+        Err(Ok(err)) => Some(Err(Failed::raised(py, &err))),
+        Err(Err(conversion)) => Some(Err(Failed::Value(conversion))),
     });
     drop(guard);
     match result {
         Some(Ok(value)) => Outcome::Value(value),
         Some(Err(failed)) => Outcome::Failed(failed),
-        None => Outcome::TimedOut(started.elapsed()),
+        None => Outcome::TimedOut(Duration::from_secs_f64(cycles::seconds(
+            cycles::now().wrapping_sub(started),
+        ))),
     }
 }
 
@@ -118,6 +144,9 @@ const DONE: u32 = 2;
 /// collection round arrive microseconds apart.
 const CALLER_SPIN: Duration = Duration::from_micros(50);
 const WORKER_SPIN: Duration = Duration::from_micros(100);
+/// How long a worker holding the GIL waits for the next call of a burst
+/// before releasing it (module threads and inline calls need it).
+const HOT_SPIN: Duration = Duration::from_micros(20);
 
 /// The rendezvous between gmond's thread and one worker thread.
 struct Slot {
@@ -178,12 +207,7 @@ impl Worker {
 
     /// Has the worker call metric `index`, waiting at most `deadline`. On
     /// `Err`, the worker is stuck in the call and must not be used again.
-    pub fn call(
-        &self,
-        index: usize,
-        deadline: Duration,
-        started: Instant,
-    ) -> Result<Outcome, Stuck> {
+    pub fn call(&self, index: usize, deadline: Duration) -> Result<Outcome, Stuck> {
         let slot = &self.slot;
         slot.index.store(index, Ordering::Relaxed);
         slot.state.store(REQUESTED, Ordering::SeqCst);
@@ -191,6 +215,10 @@ impl Worker {
             self.thread.unpark();
         }
         if !spin_until(CALLER_SPIN, || slot.state.load(Ordering::SeqCst) == DONE) {
+            // The clock is read only on this slow path; the spin is part of the wait.
+            let started = Instant::now()
+                .checked_sub(CALLER_SPIN)
+                .unwrap_or_else(Instant::now);
             slot.caller_asleep.store(true, Ordering::SeqCst);
             while slot.state.load(Ordering::SeqCst) != DONE {
                 let elapsed = started.elapsed();
@@ -214,7 +242,7 @@ impl Worker {
             Some(Ok(value)) => Outcome::Value(value),
             Some(Err(failed)) => Outcome::Failed(failed),
             // Cannot happen: DONE is only set after the result is stored.
-            None => Outcome::TimedOut(started.elapsed()),
+            None => Outcome::TimedOut(Duration::ZERO),
         })
     }
 }
@@ -244,33 +272,32 @@ fn spin_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
 }
 
 fn worker_loop(slot: &Slot, targets: &[CallTarget]) {
-    loop {
-        // Sleep until there is work (or we are told to go).
-        if !spin_until(WORKER_SPIN, || {
-            slot.state.load(Ordering::SeqCst) == REQUESTED
-        }) {
-            slot.worker_asleep.store(true, Ordering::SeqCst);
-            while slot.state.load(Ordering::SeqCst) != REQUESTED
-                && !slot.abandoned.load(Ordering::SeqCst)
-            {
-                thread::park();
+    // One Python thread state for the worker's whole life: modules that
+    // keep per-thread state (threading.local, a cached connection) keep it
+    // from one round to the next.
+    Python::attach(|py| {
+        loop {
+            // Between bursts the GIL is released, so module threads run.
+            let work = py.detach(|| wait_for_request(slot));
+            if !work {
+                return;
             }
-            slot.worker_asleep.store(false, Ordering::SeqCst);
-        }
-        if slot.abandoned.load(Ordering::SeqCst) {
-            return;
-        }
-        // Keep the GIL across the calls of one burst: taking it per call
-        // would cost more than the call.
-        Python::attach(|py| {
             loop {
                 let index = slot.index.load(Ordering::Relaxed);
-                let result = match targets.get(index) {
-                    Some(target) => invoke(py, target),
+                // A panic must not kill the worker with the request pending:
+                // gmond's thread would take the module for hung.
+                let result = panic::catch_unwind(AssertUnwindSafe(|| match targets.get(index) {
+                    Some(target) => invoke_described(py, target),
                     None => Err(Failed::Value(ConversionError(format!(
                         "no metric with index {index}"
                     )))),
-                };
+                }))
+                .unwrap_or_else(|_| {
+                    Err(Failed::Value(ConversionError(
+                        "internal error in modpython while making the call (please report it)"
+                            .to_owned(),
+                    )))
+                });
                 *slot.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
                 slot.state.store(DONE, Ordering::SeqCst);
                 if slot.caller_asleep.load(Ordering::SeqCst) {
@@ -279,16 +306,26 @@ fn worker_loop(slot: &Slot, targets: &[CallTarget]) {
                 if slot.abandoned.load(Ordering::SeqCst) {
                     return;
                 }
-                let next = spin_until(WORKER_SPIN, || {
-                    slot.state.load(Ordering::SeqCst) == REQUESTED
-                });
-                if !next || slot.abandoned.load(Ordering::SeqCst) {
-                    return;
+                // Keep the GIL for the next call of the same burst: giving it
+                // up and taking it back would cost more than the call.
+                if !spin_until(HOT_SPIN, || slot.state.load(Ordering::SeqCst) == REQUESTED) {
+                    break;
                 }
             }
-        });
-        if slot.abandoned.load(Ordering::SeqCst) {
-            return;
         }
+    })
+}
+
+/// Waits (spinning briefly, then asleep) for the next request; false when
+/// the worker is to exit.
+fn wait_for_request(slot: &Slot) -> bool {
+    let requested = || slot.state.load(Ordering::SeqCst) == REQUESTED;
+    if !spin_until(WORKER_SPIN, requested) {
+        slot.worker_asleep.store(true, Ordering::SeqCst);
+        while !requested() && !slot.abandoned.load(Ordering::SeqCst) {
+            thread::park();
+        }
+        slot.worker_asleep.store(false, Ordering::SeqCst);
     }
+    !slot.abandoned.load(Ordering::SeqCst)
 }

@@ -14,7 +14,6 @@ use pyo3::prelude::*;
 
 use crate::descriptor::{MetricDescriptor, ValueType};
 use crate::dispatch::{self, CallTarget, Failed, Outcome, Stuck, Targets, Worker};
-use crate::ffi;
 use crate::gmond_config::{ModuleBlock, Param};
 use crate::metric_table::{GmondPool, MetricTable};
 use crate::permissions;
@@ -22,6 +21,7 @@ use crate::python::{self, interrupt, loader};
 use crate::self_metrics::{self, SelfMetric, Snapshot, Stats};
 use crate::settings::{self, CallMode, HostSettings};
 use crate::value::Value;
+use crate::{cycles, ffi};
 
 /// How often a metric that keeps failing is mentioned again in the log.
 const REPEAT_LOG_EVERY: Duration = Duration::from_secs(600);
@@ -51,7 +51,8 @@ struct MetricState {
     module: usize,
     name: String,
     value_type: ValueType,
-    last_good: Option<Value>,
+    /// Exactly what gmond got from the last successful call.
+    last_good: Option<ffi::g_val_t>,
     failure: Option<Failure>,
 }
 
@@ -74,6 +75,8 @@ struct ModuleState {
     /// metrics keep their last good values without being called.
     stuck: Option<Stuck>,
     stats: Stats,
+    /// Time spent in calls, in `cycles` ticks (converted when reported).
+    ticks: u64,
 }
 
 pub struct Host {
@@ -113,6 +116,7 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
     }
     let dir = check_module_dir(input.module_dir.as_deref())?;
     crate::signals::remember_gmond_handlers();
+    cycles::start();
     python::start()?;
     crate::signals::restore_if_changed("starting Python");
     Python::attach(interrupt::install).map_err(|e| format!("cannot set up call deadlines: {e}"))?;
@@ -134,6 +138,7 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
                 timeout,
                 stuck: None,
                 stats: Stats::default(),
+                ticks: 0,
             }
         })
         .collect();
@@ -203,6 +208,12 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
     } else {
         log::warn!("{message}");
     }
+    interrupt::set_metric_labels(
+        metrics
+            .iter()
+            .map(|m| format!("{}: metric '{}'", module_states[m.module].id, m.name))
+            .collect(),
+    );
     let targets: Targets = Arc::new(targets);
     let needs_worker = module_states.iter().any(|m| m.mode == CallMode::Protected);
     let worker = if needs_worker {
@@ -265,7 +276,7 @@ pub fn collect(index: i32) -> ffi::g_val_t {
     if index >= host.metrics.len() {
         return host.self_metric_value(index - host.metrics.len());
     }
-    host.collect_python(index).to_g_val()
+    host.collect_python(index)
 }
 
 impl Host {
@@ -277,7 +288,14 @@ impl Host {
             );
             return Value::Uint(0).to_g_val();
         };
-        let stats: Vec<Stats> = self.module_states.iter().map(|m| m.stats).collect();
+        let stats: Vec<Stats> = self
+            .module_states
+            .iter()
+            .map(|m| Stats {
+                seconds: cycles::seconds(m.ticks),
+                ..m.stats
+            })
+            .collect();
         let snapshot = Snapshot {
             modules_loaded: self.modules.len(),
             modules_failed: self.modules_failed,
@@ -286,8 +304,7 @@ impl Host {
         metric.value(&snapshot).to_g_val()
     }
 
-    fn collect_python(&mut self, index: usize) -> Value {
-        let now = Instant::now();
+    fn collect_python(&mut self, index: usize) -> ffi::g_val_t {
         let module = self.metrics[index].module;
         if !self.module_ready(module) {
             return self.metrics[index].fallback();
@@ -297,15 +314,16 @@ impl Host {
             .as_ref()
             .and_then(|f| f.retry_at)
         {
-            if now < retry_at {
+            if Instant::now() < retry_at {
                 return self.metrics[index].fallback();
             }
         }
         let state = &self.module_states[module];
         let (mode, timeout) = (state.mode, state.timeout);
+        let started = cycles::now();
         let outcome = match mode {
-            CallMode::Inline => dispatch::call_inline(&self.targets[index], timeout, now),
-            CallMode::Protected => match self.protected_call(index, timeout, now) {
+            CallMode::Inline => dispatch::call_inline(&self.targets[index], index, timeout),
+            CallMode::Protected => match self.protected_call(index, timeout) {
                 Ok(outcome) => outcome,
                 Err(stuck) => {
                     let elapsed = stuck.since.elapsed();
@@ -320,42 +338,49 @@ impl Host {
                 }
             },
         };
-        let stats = &mut self.module_states[module].stats;
-        stats.calls += 1;
-        if self.settings.self_metrics {
-            stats.seconds += now.elapsed().as_secs_f64();
-        }
+        let state = &mut self.module_states[module];
+        state.stats.calls += 1;
+        state.ticks += cycles::now().wrapping_sub(started);
         let retry_max = self.settings.retry_max_interval;
-        let id = &self.module_states[module].id;
         let metric = &mut self.metrics[index];
         match outcome {
             Outcome::Value(value) => {
                 if let Some(failure) = metric.failure.take() {
                     log::warn!(
-                        "{id}: metric '{}' recovered after {} failed call(s) over {}s",
+                        "{}: metric '{}' recovered after {} failed call(s) over {}s",
+                        state.id,
                         metric.name,
                         failure.count,
                         failure.since.elapsed().as_secs()
                     );
                 }
-                metric.last_good = Some(value.clone());
-                value
+                let g = value.to_g_val();
+                metric.last_good = Some(g);
+                g
             }
             Outcome::Failed(failed) => {
-                self.module_states[module].stats.errors += 1;
-                metric.record_failure(id_of(&self.module_states[module]), &failed, retry_max);
+                state.stats.errors += 1;
+                metric.record_failure(&state.id, &failed, retry_max, true);
                 metric.fallback()
             }
             Outcome::TimedOut(elapsed) => {
-                self.module_states[module].stats.timeouts += 1;
-                if mode == CallMode::Inline {
-                    let reason = Failed::Value(crate::value::ConversionError(format!(
+                state.stats.timeouts += 1;
+                let reason = Failed::Value(crate::value::ConversionError(match mode {
+                    CallMode::Inline => format!(
                         "the call ran past its {:.1}s deadline ({:.1}s) and was interrupted",
                         timeout.as_secs_f64(),
                         elapsed.as_secs_f64()
-                    )));
-                    metric.record_failure(id_of(&self.module_states[module]), &reason, retry_max);
-                }
+                    ),
+                    CallMode::Protected => format!(
+                        "the call did not return within {:.1}s",
+                        timeout.as_secs_f64()
+                    ),
+                }));
+                // A protected timeout was just reported in full; it still
+                // counts towards back-off, so a handler that hangs on every
+                // call does not cost gmond a deadline every round.
+                let log_first = mode == CallMode::Inline;
+                metric.record_failure(&state.id, &reason, retry_max, log_first);
                 metric.fallback()
             }
         }
@@ -382,27 +407,18 @@ impl Host {
 
     /// A call on the worker; when it gets stuck, a fresh worker takes over
     /// so other modules are not held up.
-    fn protected_call(
-        &mut self,
-        index: usize,
-        timeout: Duration,
-        started: Instant,
-    ) -> Result<Outcome, Stuck> {
+    fn protected_call(&mut self, index: usize, timeout: Duration) -> Result<Outcome, Stuck> {
         if self.worker.is_none() {
             match spawn_worker(&self.targets) {
                 Ok(w) => self.worker = Some(w),
                 Err(e) => {
                     log::error!("{e}; the call is made on gmond's thread instead");
-                    return Ok(dispatch::call_inline(
-                        &self.targets[index],
-                        timeout,
-                        started,
-                    ));
+                    return Ok(dispatch::call_inline(&self.targets[index], index, timeout));
                 }
             }
         }
         let worker = self.worker.as_ref().expect("worker was just ensured");
-        match worker.call(index, timeout, started) {
+        match worker.call(index, timeout) {
             Ok(outcome) => Ok(outcome),
             Err(stuck) => {
                 // The old worker stays with its call; it exits when the call returns.
@@ -416,23 +432,32 @@ impl Host {
     }
 }
 
-fn id_of(state: &ModuleState) -> &loader::ModuleRef {
-    &state.id
-}
-
 impl MetricState {
-    fn fallback(&self) -> Value {
+    fn fallback(&self) -> ffi::g_val_t {
         self.last_good
-            .clone()
-            .unwrap_or_else(|| Value::zero(self.value_type))
+            .unwrap_or_else(|| Value::zero(self.value_type).to_g_val())
     }
 
     /// Logs the first failure of a run in full, then at most every ten
     /// minutes (formatting a traceback costs more than the call); after a
     /// few failures in a row, calls are spaced out, doubling up to `retry_max`.
-    fn record_failure(&mut self, module: &loader::ModuleRef, failed: &Failed, retry_max: Duration) {
+    fn record_failure(
+        &mut self,
+        module: &loader::ModuleRef,
+        failed: &Failed,
+        retry_max: Duration,
+        log_first: bool,
+    ) {
         let now = Instant::now();
         match &mut self.failure {
+            None if !log_first => {
+                self.failure = Some(Failure {
+                    since: now,
+                    count: 1,
+                    last_logged: now,
+                    retry_at: None,
+                });
+            }
             None => {
                 let kept = match &self.last_good {
                     Some(_) => "gmond keeps its last good value",
@@ -493,12 +518,12 @@ pub fn cleanup() {
     host.cleaned_up = true;
     // Stop the call worker; it holds no state that needs finishing.
     host.worker = None;
-    let modules: Vec<(loader::ModuleRef, Py<PyModule>)> = Python::attach(|py| {
-        host.modules
-            .iter()
-            .map(|m| (m.id.clone(), m.module.clone_ref(py)))
-            .collect()
-    });
+    // Moved, not cloned: gmond's thread must not wait for the GIL here (a
+    // stuck call may hold it), so only the cleanup thread touches Python.
+    let modules: Vec<(loader::ModuleRef, Py<PyModule>)> = std::mem::take(&mut host.modules)
+        .into_iter()
+        .map(|m| (m.id, m.module))
+        .collect();
     let count = modules.len();
     drop(host);
     // The cleanup thread reports each module it starts, then None when done.
@@ -547,6 +572,5 @@ pub fn fallback_value(index: i32) -> ffi::g_val_t {
                 .get(usize::try_from(index).ok()?)
                 .map(MetricState::fallback)
         })
-        .unwrap_or(Value::Uint(0))
-        .to_g_val()
+        .unwrap_or_else(|| Value::Uint(0).to_g_val())
 }

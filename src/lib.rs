@@ -12,6 +12,7 @@
 //! | [`gmond_config`] | gmond's parsed config: `module { … }` blocks, `param`s, which block a `.py` file gets |
 //! | [`gmond_log`] | `log` → gmond's `err_msg` / `debug_msg` |
 //! | [`python`] | the embedded interpreter: start-up, module loading, `ganglia` module, exceptions |
+//! | [`cycles`] | a cheap clock for timing each call |
 //! | [`descriptor`] | checking `metric_init`'s dicts into metric descriptors |
 //! | [`value`] | converting a callback's result to the metric's type |
 //! | [`metric_table`] | the `Ganglia_25metric` array and metadata gmond reads |
@@ -25,6 +26,7 @@
 //! | [`check`] | `modpython-check` (src/bin): the same loading, checking and conversion, run without gmond, as a report |
 
 pub mod check;
+pub mod cycles;
 pub mod descriptor;
 pub mod dispatch;
 pub mod entry;

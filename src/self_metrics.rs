@@ -34,7 +34,7 @@ pub enum SelfMetric {
     Calls(Option<usize>),
     Errors(Option<usize>),
     Timeouts(Option<usize>),
-    Seconds(Option<usize>),
+    Millis(Option<usize>),
 }
 
 /// The host's numbers a self metric is computed from.
@@ -65,7 +65,9 @@ impl SelfMetric {
             SelfMetric::Calls(m) => wrap(pick(m).calls),
             SelfMetric::Errors(m) => wrap(pick(m).errors),
             SelfMetric::Timeouts(m) => wrap(pick(m).timeouts),
-            SelfMetric::Seconds(m) => Value::Double(pick(m).seconds),
+            // Whole milliseconds in a uint: gmetad stores slope-positive
+            // metrics as RRD COUNTERs, which take integers only.
+            SelfMetric::Millis(m) => wrap((pick(m).seconds * 1000.0) as u64),
         }
     }
 }
@@ -161,10 +163,10 @@ pub fn all(modules: &[String]) -> Vec<(SelfMetric, MetricDescriptor)> {
             "handler calls that ran past their deadline",
         ),
         (
-            SelfMetric::Seconds,
-            "seconds",
-            ValueType::Double,
-            "seconds",
+            SelfMetric::Millis,
+            "ms",
+            ValueType::Uint,
+            "ms",
             "time spent in handler calls",
         ),
     ];
@@ -205,7 +207,7 @@ mod tests {
         let names: Vec<&str> = metrics.iter().map(|(_, d)| d.name.as_str()).collect();
         assert!(names.contains(&"modpython_calls"));
         assert!(names.contains(&"modpython_diskio_timeouts"));
-        assert!(names.contains(&"modpython_my_mod_seconds"));
+        assert!(names.contains(&"modpython_my_mod_ms"));
         assert_eq!(names.len(), 2 + 4 * 3);
         let stats = [
             Stats {
@@ -228,7 +230,7 @@ mod tests {
         };
         assert_eq!(SelfMetric::Calls(None).value(&snap), Value::Uint(5));
         assert_eq!(SelfMetric::Timeouts(Some(1)).value(&snap), Value::Uint(1));
-        assert_eq!(SelfMetric::Seconds(None).value(&snap), Value::Double(0.75));
+        assert_eq!(SelfMetric::Millis(None).value(&snap), Value::Uint(750));
         assert_eq!(SelfMetric::ModulesFailed.value(&snap), Value::Uint(1));
         assert!(metrics.iter().all(|(_, d)| d.groups == ["modpython"]));
     }

@@ -395,11 +395,12 @@ fn protected_hangs_do_not_stall_gmond() {
     for (module, _, _, deadline) in &hung {
         gmond_assert_eq!(g, val(&g, &format!("modpython_{module}_timeouts")), 1.0);
         gmond_assert_eq!(g, val(&g, &format!("modpython_{module}_errors")), 0.0);
-        let seconds = val(&g, &format!("modpython_{module}_seconds"));
+        // Time in calls, in whole milliseconds (an RRD COUNTER takes integers).
+        let seconds = val(&g, &format!("modpython_{module}_ms")) / 1000.0;
         gmond_assert!(
             g,
             seconds >= *deadline && seconds < deadline + 1.0,
-            "modpython_{module}_seconds = {seconds}"
+            "modpython_{module}_ms = {seconds}s"
         );
     }
     gmond_assert!(g, count(&g, "modpython_timeouts") >= 4);
@@ -409,8 +410,13 @@ fn protected_hangs_do_not_stall_gmond() {
     gmond_assert_eq!(g, val(&g, "modpython_res_tick_timeouts"), 0.0);
     gmond_assert_eq!(
         g,
-        g.metric("modpython_seconds").map(|m| m.type_),
-        Some("double".to_string())
+        g.metric("modpython_ms")
+            .map(|m| (m.type_, m.units, m.slope)),
+        Some((
+            "uint32".to_string(),
+            "ms".to_string(),
+            "positive".to_string()
+        ))
     );
     gmond_assert!(
         g,

@@ -22,7 +22,7 @@ pub fn returned(obj: &Bound<'_, PyAny>) -> Returned {
         return Returned::Bool(b.is_true());
     }
     if obj.is_instance_of::<PyInt>() {
-        return Returned::Int(obj.extract::<i128>().ok());
+        return Returned::Int(int_of(obj));
     }
     if let Ok(f) = obj.cast::<PyFloat>() {
         return Returned::Float(f.value());
@@ -31,6 +31,14 @@ pub fn returned(obj: &Bound<'_, PyAny>) -> Returned {
         return Returned::Str(String::from_utf8_lossy(&bytes).into_owned());
     }
     other(obj)
+}
+
+/// A Python int, if it fits an i128; the common small ones take the fast path.
+fn int_of(obj: &Bound<'_, PyAny>) -> Option<i128> {
+    obj.extract::<i64>()
+        .map(i128::from)
+        .ok()
+        .or_else(|| obj.extract::<i128>().ok())
 }
 
 /// A Python str as Rust text. A str with lone surrogates is not valid
@@ -93,7 +101,7 @@ pub fn field(obj: &Bound<'_, PyAny>) -> Field {
         return Field::Bool(b.is_true());
     }
     if obj.is_instance_of::<PyInt>() {
-        return Field::Int(obj.extract::<i128>().ok());
+        return Field::Int(int_of(obj));
     }
     if let Ok(f) = obj.cast::<PyFloat>() {
         return Field::Float(f.value());

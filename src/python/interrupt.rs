@@ -15,8 +15,8 @@
 //! arrives after its call ended is ignored by the handler, so it can never
 //! hit the next, innocent call.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -109,10 +109,54 @@ pub fn is_deadline(py: Python<'_>, err: &PyErr) -> bool {
 /// Marks an inline call in flight until the guard is dropped.
 pub struct Armed(());
 
-/// Arms the watchdog for one inline call.
-pub fn arm(deadline: Duration) -> Armed {
+/// What an armed call is, for the watchdog's log line.
+#[derive(Clone, Copy)]
+pub enum CallLabel {
+    /// The metric with this index (see [`set_metric_labels`]).
+    Metric(usize),
+    /// A module's import and metric_init (see [`set_init_label`]).
+    Init,
+}
+
+const INIT_INDEX: usize = usize::MAX;
+static LABEL_INDEX: AtomicUsize = AtomicUsize::new(INIT_INDEX);
+static METRIC_LABELS: OnceLock<Vec<String>> = OnceLock::new();
+static INIT_LABEL: Mutex<String> = Mutex::new(String::new());
+
+/// Names the metrics by index, once they are known ("module 'x' (…): metric 'y'").
+pub fn set_metric_labels(labels: Vec<String>) {
+    let _ = METRIC_LABELS.set(labels);
+}
+
+/// Names the module whose import and metric_init run next.
+pub fn set_init_label(label: String) {
+    *INIT_LABEL.lock().unwrap_or_else(|p| p.into_inner()) = label;
+}
+
+fn label_of_current() -> String {
+    match LABEL_INDEX.load(Ordering::SeqCst) {
+        INIT_INDEX => format!(
+            "{}: import or metric_init",
+            INIT_LABEL.lock().unwrap_or_else(|p| p.into_inner())
+        ),
+        i => METRIC_LABELS
+            .get()
+            .and_then(|l| l.get(i).cloned())
+            .unwrap_or_else(|| format!("metric index {i}")),
+    }
+}
+
+/// Arms the watchdog for one inline call. Costs a few atomic stores.
+pub fn arm(deadline: Duration, label: CallLabel) -> Armed {
     let seq = NEXT_SEQ.fetch_add(1, Ordering::Relaxed);
     DEADLINE_MS.store(deadline.as_millis() as u64, Ordering::Relaxed);
+    LABEL_INDEX.store(
+        match label {
+            CallLabel::Metric(i) => i,
+            CallLabel::Init => INIT_INDEX,
+        },
+        Ordering::Relaxed,
+    );
     IN_FLIGHT.store(seq, Ordering::SeqCst);
     Armed(())
 }
@@ -123,16 +167,22 @@ impl Drop for Armed {
     }
 }
 
+/// How often a late call is signalled again: a bare `except:` in the module
+/// may swallow one deadline exception, rarely ten.
+const RESEND_EVERY: Duration = Duration::from_millis(500);
+
 fn watchdog() {
     let mut watched = 0u64;
     let mut ticks = 0u64;
     let mut reported = 0u64;
+    let mut last_sent: Option<Duration> = None;
     loop {
         std::thread::sleep(TICK);
         let current = IN_FLIGHT.load(Ordering::SeqCst);
         if current == 0 || current != watched {
             watched = current;
             ticks = 0;
+            last_sent = None;
             continue;
         }
         ticks += 1;
@@ -141,17 +191,22 @@ fn watchdog() {
         if elapsed < deadline {
             continue;
         }
-        if TARGET.swap(current, Ordering::SeqCst) != current {
+        if last_sent.is_none_or(|sent| elapsed >= sent + RESEND_EVERY) {
+            last_sent = Some(elapsed);
+            TARGET.store(current, Ordering::SeqCst);
             if let Some(installed) = INSTALLED.get() {
                 // SAFETY: gmond's main thread lives as long as the process;
                 // the signal has a Python-level handler, so it cannot kill us.
                 unsafe { libc::pthread_kill(installed.gmond_thread, deadline_signal()) };
             }
-        } else if elapsed >= deadline + Duration::from_secs(2) && reported != current {
+        }
+        if elapsed >= deadline + Duration::from_secs(2) && reported != current {
             reported = current;
             log::error!(
-                "an inline call has run for {}s, past its deadline, and cannot be interrupted (a C loop or a call stuck in the kernel): gmond is stalled until it returns; use call_mode = protected for this module",
-                elapsed.as_secs()
+                "{}: an inline call has run for {}s, past its {:.1}s deadline, and does not stop when interrupted (a C loop, a call stuck in the kernel, or code that catches every exception): gmond is stalled until it returns; use call_mode = protected for this module",
+                label_of_current(),
+                elapsed.as_secs(),
+                deadline.as_secs_f64()
             );
         }
     }

@@ -236,7 +236,11 @@ pub fn load_all(
         // Import and metric_init run on gmond's thread, before it serves
         // anything: a module hanging here would hold up gmond's start, so the
         // inline watchdog (python::interrupt) bounds them too.
-        let armed = super::interrupt::arm(options.settings.init_timeout);
+        super::interrupt::set_init_label(id.to_string());
+        let armed = super::interrupt::arm(
+            options.settings.init_timeout,
+            super::interrupt::CallLabel::Init,
+        );
         let result = load_module(py, dir, &id, block);
         drop(armed);
         match result {
