@@ -1051,6 +1051,47 @@ fn writable_module_dir_is_refused() {
     }
 }
 
+/// Any module can import any file of the directory (helpers, and the
+/// bytecode Python caches in `__pycache__`), as root: a writable one makes
+/// the whole directory untrusted.
+#[test]
+fn writable_helper_or_bytecode_cache_is_refused() {
+    let (_tmp_h, dir_h) = owned_dir();
+    let helper = dir_h.join("res_helper.py");
+    std::fs::write(&helper, "VALUE = 1\n").unwrap();
+    chmod(&helper, 0o666);
+    let (_tmp_c, dir_c) = owned_dir();
+    let cache = dir_c.join("__pycache__");
+    std::fs::create_dir(&cache).unwrap();
+    chmod(&cache, 0o777);
+    let runs = [
+        (owned_gmond(&dir_h, None), helper.display().to_string()),
+        (owned_gmond(&dir_c, None), cache.display().to_string()),
+    ];
+    for (g, path) in &runs {
+        gmond_assert!(
+            g,
+            g.wait_log("Module python_module failed to initialize", secs(15)),
+            "gmond did not report the failed python_module"
+        );
+        let line = line_with(
+            g,
+            &["[modpython] error: ", "refusing to load Python modules"],
+        );
+        gmond_assert!(
+            g,
+            line.contains(&format!("{path} is writable by")) && line.contains("chmod go-w"),
+            "{line}"
+        );
+        gmond_assert!(g, g.is_running(), "gmond exited");
+        gmond_assert!(
+            g,
+            g.xml().metric("res_mine_val").is_none(),
+            "a module was loaded"
+        );
+    }
+}
+
 #[test]
 fn module_owned_by_another_user_is_refused() {
     let (_tmp, dir) = owned_dir();

@@ -159,21 +159,70 @@ pub fn load_all(
     blocks: &[ModuleBlock],
     options: &LoadOptions<'_>,
 ) -> Result<Loaded, String> {
-    if let Err(why) = permissions::check(dir, &options.trusted_uids) {
-        if options.settings.strict_permissions {
-            return Err(format!(
-                "refusing to load Python modules: {why}; or set param strict_permissions {{ value = \"no\" }} in the python_module block"
-            ));
-        }
-        report(log::Level::Warn, None, None, why);
-    }
     let files = python_files(dir).map_err(|e| {
         format!(
             "cannot read the Python module directory {}: {e}",
             dir.display()
         )
     })?;
-    for extra in &options.settings.python_path {
+    // The directory is one unit of trust: any module can import any file in
+    // it (helpers, and the bytecode Python caches in __pycache__), as root.
+    // Configured module files are checked one by one below.
+    let configured =
+        |f: &PythonFile| !matches!(select_block(blocks, &f.stem), Selection::Unconfigured);
+    let mut shared: Vec<PathBuf> = vec![dir.to_path_buf()];
+    shared.extend(
+        files
+            .iter()
+            .filter(|f| !configured(f))
+            .map(|f| f.path.clone()),
+    );
+    let cache = dir.join("__pycache__");
+    if cache.is_dir() {
+        shared.push(cache.clone());
+        if let Ok(entries) = std::fs::read_dir(&cache) {
+            shared.extend(entries.filter_map(Result::ok).map(|e| e.path()));
+        }
+    }
+    for path in &shared {
+        if let Err(why) = permissions::check(path, &options.trusted_uids) {
+            if options.settings.strict_permissions {
+                return Err(format!(
+                    "refusing to load Python modules: {why}; or set param strict_permissions {{ value = \"no\" }} in the python_module block"
+                ));
+            }
+            report(log::Level::Warn, None, None, why);
+        }
+    }
+    let mut refused: Vec<&PathBuf> = Vec::new();
+    // Paths that do not exist are reported further down, with their own message.
+    for extra in options
+        .settings
+        .python_path
+        .iter()
+        .chain(&options.settings.virtualenv)
+        .filter(|p| p.exists())
+    {
+        if let Err(why) = permissions::check(extra, &options.trusted_uids) {
+            if options.settings.strict_permissions {
+                report(
+                    log::Level::Error,
+                    None,
+                    None,
+                    format!("{why}; {} is not added to sys.path", extra.display()),
+                );
+                refused.push(extra);
+                continue;
+            }
+            report(log::Level::Warn, None, None, why);
+        }
+    }
+    for extra in options
+        .settings
+        .python_path
+        .iter()
+        .filter(|p| !refused.contains(p))
+    {
         if !extra.is_dir() {
             report(
                 log::Level::Warn,
@@ -188,7 +237,12 @@ pub fn load_all(
         add_to_sys_path(py, extra)
             .map_err(|e| format!("cannot add {} to sys.path: {e}", extra.display()))?;
     }
-    if let Some(venv) = &options.settings.virtualenv {
+    if let Some(venv) = options
+        .settings
+        .virtualenv
+        .as_ref()
+        .filter(|v| !refused.contains(v))
+    {
         if let Err(why) = add_virtualenv(py, venv) {
             report(log::Level::Error, None, None, why);
         }
