@@ -96,10 +96,10 @@ fn interpreter_facts() {
     let executable = lines.next().unwrap_or("");
     if lines.next() == Some("1") {
         panic!(
-            "'{python}' (PYO3_PYTHON) is a free-threaded CPython build (python3.13t). modpython hands \
-             every gmond call to Python on gmond's own thread and relies on the GIL to keep module \
-             threads apart from it; it is not built or tested for free-threading. Use the regular \
-             build of the same version (e.g. PYO3_PYTHON=/usr/bin/python3.13)"
+            "'{python}' (PYO3_PYTHON) is a free-threaded CPython build (python3.13t). modpython relies \
+             on the GIL: its call worker keeps it across a burst of gmond's calls, and module code \
+             written for gmond assumes it; it is not built or tested for free-threading. Use the \
+             regular build of the same version (e.g. PYO3_PYTHON=/usr/bin/python3.13)"
         );
     }
     println!("cargo:rustc-env=MODPYTHON_PYTHON_HOME={home}");

@@ -205,6 +205,12 @@ pub fn check(entries: &[(String, Field)]) -> Checked {
     };
     let name = match name {
         Ok(n) => {
+            if n.contains(':') {
+                out.warnings.push(format!(
+                    "gmond shows a ':' in a metric name as '_' on every other node: '{}'",
+                    n.replace(':', "_")
+                ));
+            }
             out.name = Some(n.clone());
             n
         }
@@ -294,7 +300,7 @@ pub fn check(entries: &[(String, Field)]) -> Checked {
                 "zero" | "positive" | "negative" | "both" | "derivative" | "unspecified" => lower,
                 _ => {
                     out.warnings.push(format!(
-                        "slope '{s}' is not one of zero, positive, negative, both, derivative; using '{default_slope}'"
+                        "slope '{s}' is not one of zero, positive, negative, both, derivative, unspecified; using '{default_slope}'"
                     ));
                     default_slope.to_owned()
                 }
@@ -442,6 +448,11 @@ fn check_name(name: &str) -> Result<String, String> {
     {
         return Err(format!(
             "name {name:?} contains {c:?}, which gmond or gmetad cannot carry in a metric name"
+        ));
+    }
+    if name.eq_ignore_ascii_case("heartbeat") || name.eq_ignore_ascii_case("location") {
+        return Err(format!(
+            "'{name}' is a name gmond keeps for itself and never shows as a metric; choose another"
         ));
     }
     if name.len() > MAX_NAME_BYTES {

@@ -198,7 +198,10 @@ impl Worker {
         let worker_slot = Arc::clone(&slot);
         let handle = thread::Builder::new()
             .name("modpython-call".to_owned())
-            .spawn(move || worker_loop(&worker_slot, &targets))?;
+            .spawn(move || {
+                crate::signals::block_in_this_thread();
+                worker_loop(&worker_slot, &targets)
+            })?;
         Ok(Worker {
             slot,
             thread: handle.thread().clone(),

@@ -531,6 +531,7 @@ pub fn cleanup() {
     let spawned = std::thread::Builder::new()
         .name("modpython-cleanup".to_owned())
         .spawn(move || {
+            crate::signals::block_in_this_thread();
             let tx = progress_tx.clone();
             Python::attach(|py| {
                 loader::cleanup_modules(py, &modules, &|id| {

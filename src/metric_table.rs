@@ -21,9 +21,10 @@ pub struct MetricTable {
     _strings: Vec<CString>,
 }
 
-// SAFETY: the raw pointers refer to heap data owned by `_strings` and to APR
-// tables in a pool that lives as long as the process; nothing mutates them
-// after construction, so sharing the table between threads is sound.
+// SAFETY: the raw pointers refer to heap data owned by `_strings` (moved
+// with the table, never freed while it lives) and to APR tables that only
+// gmond reads, on its main thread; nothing mutates either after
+// construction, so moving the table to another thread is sound.
 unsafe impl Send for MetricTable {}
 
 fn value_type_code(t: ValueType) -> ffi::Ganglia_value_types {
@@ -109,7 +110,8 @@ impl MetricTable {
 fn metadata_table(d: &MetricDescriptor, pool: *mut ffi::apr_pool_t) -> *mut ffi::apr_table_t {
     let capacity = (d.groups.len() + d.extra.len()).max(2) as libc::c_int;
     // SAFETY: `pool` is a live APR pool that outlives the table (a sub-pool of
-    // the pool gmond passed to init, never destroyed before exit).
+    // the pool gmond passed to init; gmond destroys it at shutdown, after its
+    // last read of the metadata).
     let table = unsafe { ffi::apr_table_make(pool, capacity) };
     if table.is_null() {
         return table;

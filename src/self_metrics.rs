@@ -170,6 +170,19 @@ pub fn all(modules: &[String]) -> Vec<(SelfMetric, MetricDescriptor)> {
             "time spent in handler calls",
         ),
     ];
+    // `my-mod` and `my_mod` (or `Foo` and `foo`) would give the same names;
+    // gmond keeps only the last of two metrics with one name.
+    let mut keys: Vec<String> = Vec::with_capacity(modules.len());
+    for module in modules {
+        let base = metric_safe(module);
+        let mut key = base.clone();
+        let mut n = 2;
+        while keys.iter().any(|k| k.eq_ignore_ascii_case(&key)) {
+            key = format!("{base}_{n}");
+            n += 1;
+        }
+        keys.push(key);
+    }
     for (make, suffix, value_type, units, what) in kinds {
         out.push((
             make(None),
@@ -185,7 +198,7 @@ pub fn all(modules: &[String]) -> Vec<(SelfMetric, MetricDescriptor)> {
             out.push((
                 make(Some(i)),
                 descriptor(
-                    format!("modpython_{}_{suffix}", metric_safe(module)),
+                    format!("modpython_{}_{suffix}", keys[i]),
                     value_type,
                     units,
                     "positive",
@@ -203,12 +216,13 @@ mod tests {
 
     #[test]
     fn names_and_values() {
-        let metrics = all(&["diskio".into(), "my-mod".into()]);
+        let metrics = all(&["diskio".into(), "my-mod".into(), "my_mod".into()]);
         let names: Vec<&str> = metrics.iter().map(|(_, d)| d.name.as_str()).collect();
         assert!(names.contains(&"modpython_calls"));
         assert!(names.contains(&"modpython_diskio_timeouts"));
         assert!(names.contains(&"modpython_my_mod_ms"));
-        assert_eq!(names.len(), 2 + 4 * 3);
+        assert!(names.contains(&"modpython_my_mod_2_ms"));
+        assert_eq!(names.len(), 2 + 4 * 4);
         let stats = [
             Stats {
                 calls: 3,

@@ -54,3 +54,21 @@ pub fn restore_if_changed(who: &str) {
         }
     }
 }
+
+/// Blocks gmond's signals in the calling thread, for threads modpython
+/// starts. A process-directed SIGTERM delivered to one of our threads would
+/// run gmond's handler there but not wake gmond's main loop out of its
+/// poll, delaying shutdown until the poll times out; blocked here, the
+/// kernel delivers it to gmond's thread instead.
+pub fn block_in_this_thread() {
+    // SAFETY: sigemptyset/sigaddset fill a set we own; pthread_sigmask only
+    // changes the calling thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}

@@ -108,7 +108,8 @@ impl Returned {
 /// whitespace allowed, underscores between digits allowed.
 fn parse_numeric_text(text: &str) -> Result<Number, ConversionError> {
     let trimmed = text.trim();
-    let plain: String = if trimmed.contains('_') {
+    // Python allows one `_` between two digits ("1_000"), nowhere else.
+    let plain: String = if trimmed.contains('_') && underscores_between_digits(trimmed) {
         trimmed.replace('_', "")
     } else {
         trimmed.to_owned()
@@ -123,6 +124,16 @@ fn parse_numeric_text(text: &str) -> Result<Number, ConversionError> {
             truncate_utf8(text, 40)
         )),
     }
+}
+
+fn underscores_between_digits(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().all(|(i, b)| {
+        *b != b'_'
+            || (i > 0
+                && bytes[i - 1].is_ascii_digit()
+                && bytes.get(i + 1).is_some_and(u8::is_ascii_digit))
+    })
 }
 
 /// Truncates toward zero and checks the range of an integer metric.
@@ -262,7 +273,7 @@ impl Value {
                 let bytes = truncate_utf8(s, MAX_STRING_BYTES).as_bytes();
                 let mut buf = [0 as libc::c_char; crate::ffi::MAX_G_STRING_SIZE as usize];
                 for (dst, src) in buf.iter_mut().zip(bytes) {
-                    // NUL inside text would end it early; gmond_safe already made it a space.
+                    // A NUL would end the text early; value_safe turns control characters into spaces.
                     *dst = *src as libc::c_char;
                 }
                 out.str_ = buf;
@@ -304,6 +315,8 @@ mod tests {
         assert_eq!(ok(s(" 42 "), ValueType::Uint), Value::Uint(42));
         assert_eq!(ok(s("3.5"), ValueType::Uint), Value::Uint(3));
         assert_eq!(ok(s("1_000"), ValueType::Uint), Value::Uint(1000));
+        assert!(err(s("1__0"), ValueType::Uint).contains("not a number"));
+        assert!(err(s("_5"), ValueType::Uint).contains("not a number"));
         assert_eq!(
             ok(Returned::Int(Some(4_294_967_295)), ValueType::Uint),
             Value::Uint(u32::MAX)

@@ -47,12 +47,6 @@ struct Installed {
     exception: Py<PyAny>,
 }
 
-// SAFETY: pthread_t is an integer handle; the Py object is only touched
-// with the GIL held.
-unsafe impl Send for Installed {}
-// SAFETY: as above; nothing is mutated after installation.
-unsafe impl Sync for Installed {}
-
 static INSTALLED: OnceLock<Installed> = OnceLock::new();
 
 /// Registers the Python-level handler on gmond's thread and starts the
@@ -172,6 +166,7 @@ impl Drop for Armed {
 const RESEND_EVERY: Duration = Duration::from_millis(500);
 
 fn watchdog() {
+    crate::signals::block_in_this_thread();
     let mut watched = 0u64;
     let mut ticks = 0u64;
     let mut reported = 0u64;
