@@ -3,25 +3,31 @@
 //!
 //! Nothing here re-implements the host: the configuration is parsed by
 //! libganglia's own parser ([`gmond_config::parse_config_file`]), modules are
-//! loaded by [`loader::load_all`] (which runs [`crate::descriptor::check`]),
-//! and values go through [`extract::returned`] and [`value::convert`], then
-//! are formatted with the metric's format by C's `snprintf`, as gmond does.
-//! What the loader would log is collected ([`loader::collect_diagnostics`])
-//! and what modules print or log is captured by this module's logger.
+//! loaded by [`loader::load_all`] (which runs [`crate::descriptor::check`])
+//! under the host's deadlines ([`interrupt`]), and metrics are called
+//! through [`dispatch`] in each module's call mode and under its deadline
+//! ([`settings::effective`]), so a call gmond would time out is reported
+//! as such. Values are formatted with the metric's format by C's
+//! `snprintf`, as gmond does. What the loader would log is collected
+//! ([`loader::collect_diagnostics`]) and what modules print or log is
+//! captured by this module's logger.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use pyo3::prelude::*;
 
-use crate::descriptor::ValueType;
-use crate::gmond_config::{self, CollectedMetric, ModuleBlock, Param};
-use crate::python::{self, errors, extract, loader, stdio};
-use crate::settings;
-use crate::value::{self, Value};
+use crate::descriptor::{self, ValueType};
+use crate::dispatch::{self, CallTarget, Failed, Outcome, Stuck, Targets, Worker};
+use crate::gmond_config::{self, CollectedMetric, ModuleBlock, Param, Selection, select_block};
+use crate::permissions;
+use crate::python::{self, errors, interrupt, loader, stdio};
+use crate::settings::{self, CallMode};
+use crate::value::Value;
 
 /// gmond's default configuration file.
 pub const DEFAULT_CONF: &str = "/etc/ganglia/gmond.conf";
@@ -70,6 +76,19 @@ pub struct Options {
 pub enum Command {
     Check(Options),
     Help,
+}
+
+/// `--help`: the usage, then the host settings the python_module block takes.
+pub fn help() -> String {
+    let mut text = format!(
+        "{USAGE}\n\nHost settings, each a param NAME {{ value = \"...\" }} in the python_module block\n(per module: param \"{}NAME\" in the module's block, for call_timeout and call_mode):\n",
+        settings::MODULE_PREFIX
+    );
+    for setting in settings::HOST_SETTINGS {
+        let _ = writeln!(text, "  {:<19} {}", setting.name, setting.help);
+    }
+    text.pop();
+    text
 }
 
 /// Parses the arguments (without the program name).
@@ -655,14 +674,15 @@ fn read_setup(options: &Options, report: &mut Report) -> Option<Setup> {
                 )),
                 _ => {}
             }
-            let Some(dir) = host.params.filter(|p| !p.trim().is_empty()) else {
-                report.error(
-                    "the python_module block has no params: set params = \"<directory of your Python metric modules>\"",
-                );
-                return None;
+            let dir = match gmond_config::check_module_dir(host.params.as_deref()) {
+                Ok(dir) => dir,
+                Err(e) => {
+                    report.error(e);
+                    return None;
+                }
             };
             Some(Setup {
-                dir: PathBuf::from(dir),
+                dir,
                 blocks: parsed.module_blocks(),
                 host_params: host.param_list,
                 gmond_user: parsed.gmond_user(),
@@ -679,8 +699,15 @@ fn read_setup(options: &Options, report: &mut Report) -> Option<Setup> {
                     return None;
                 }
             };
+            let dir = match gmond_config::check_dir(dir, "given with --dir") {
+                Ok(dir) => dir,
+                Err(e) => {
+                    report.error(e);
+                    return None;
+                }
+            };
             Some(Setup {
-                dir: dir.clone(),
+                dir,
                 blocks: parsed.module_blocks(),
                 host_params: Vec::new(),
                 gmond_user: None,
@@ -691,24 +718,10 @@ fn read_setup(options: &Options, report: &mut Report) -> Option<Setup> {
     }
 }
 
-/// The uids gmond (running as root, then as its `user`) accepts as owners of
-/// module code — without the checker's own user, unless it is one of those.
-fn gmond_trusted_uids(gmond_user: Option<&str>) -> Vec<u32> {
-    let mut uids = vec![0];
-    if let Some(user) = gmond_user.and_then(|u| std::ffi::CString::new(u).ok()) {
-        // SAFETY: getpwnam with a NUL-terminated name; the checker is
-        // single-threaded here and copies the uid out at once.
-        let entry = unsafe { libc::getpwnam(user.as_ptr()) };
-        if !entry.is_null() {
-            // SAFETY: non-null result of getpwnam points to a valid passwd.
-            uids.push(unsafe { (*entry).pw_uid });
-        }
-    }
-    uids
-}
-
 /// Runs the whole check. Installs nothing: call [`install_collector`] first
-/// to capture log output (the binary does).
+/// to capture log output (the binary does). Must run on the process's main
+/// thread, as gmond's `init` does: the call deadlines
+/// ([`interrupt::install`]) need it.
 pub fn run(options: &Options) -> Report {
     let mut report = Report::default();
     let Some(mut setup) = read_setup(options, &mut report) else {
@@ -719,24 +732,15 @@ pub fn run(options: &Options) -> Report {
 
     if !options.modules.is_empty() {
         for wanted in &options.modules {
-            let known = setup.blocks.iter().any(|b| {
-                b.is_python()
-                    && b.name
-                        .as_deref()
-                        .is_some_and(|n| n.eq_ignore_ascii_case(wanted))
-            });
-            if !known {
+            if select_block(&setup.blocks, wanted) == Selection::Unconfigured {
                 report.error(format!(
                     "--module {wanted}: no module block with name \"{wanted}\" and language \"python\" in the configuration"
                 ));
             }
         }
-        setup.blocks.retain(|b| {
-            b.is_python()
-                && b.name
-                    .as_deref()
-                    .is_some_and(|n| options.modules.iter().any(|w| w.eq_ignore_ascii_case(n)))
-        });
+        setup
+            .blocks
+            .retain(|b| options.modules.iter().any(|wanted| b.names(wanted)));
     }
 
     let (host_settings, setting_problems) = settings::parse_host(&setup.host_params);
@@ -744,18 +748,11 @@ pub fn run(options: &Options) -> Report {
         report.problems.push(Problem::new(Severity::Warning, p));
     }
     let trusted_uids = match options.source {
-        Source::Conf(_) => gmond_trusted_uids(setup.gmond_user.as_deref()),
+        // gmond starts as root: it does not trust whoever runs the checker.
+        Source::Conf(_) => permissions::trusted_uids(setup.gmond_user.as_deref(), false),
         // A module under development belongs to whoever writes it.
-        Source::Pyconf { .. } => crate::permissions::trusted_uids(None),
+        Source::Pyconf { .. } => permissions::trusted_uids(None, true),
     };
-    if !setup.dir.is_dir() {
-        report.error(format!(
-            "cannot open the Python module directory {} (params of the python_module block)",
-            setup.dir.display()
-        ));
-        drain_log(&mut report);
-        return report;
-    }
 
     if let Err(e) = python::start() {
         report.error(e);
@@ -763,6 +760,13 @@ pub fn run(options: &Options) -> Report {
         return report;
     }
     report.python_version = python::python_version();
+    // The deadlines of import, metric_init (init_timeout) and inline calls,
+    // as in gmond's init.
+    if let Err(e) = Python::attach(interrupt::install) {
+        report.error(format!("cannot set up call deadlines: {e}"));
+        drain_log(&mut report);
+        return report;
+    }
     let load_options = loader::LoadOptions {
         settings: &host_settings,
         trusted_uids,
@@ -779,7 +783,11 @@ pub fn run(options: &Options) -> Report {
     report
         .problems
         .extend(diagnostics.into_iter().map(problem_of));
-    let loaded = match loaded {
+    let loader::Loaded {
+        modules,
+        metrics,
+        failed,
+    } = match loaded {
         Ok(l) => l,
         Err(e) => {
             report.error(e);
@@ -787,33 +795,67 @@ pub fn run(options: &Options) -> Report {
             return report;
         }
     };
-    report.loaded_modules = loaded
-        .modules
+    report.loaded_modules = modules
         .iter()
         .map(|m| (m.id.name.clone(), m.id.path.clone()))
         .collect();
-    report.failed_modules = loaded
-        .failed
+    report.failed_modules = failed
         .iter()
         .map(|m| (m.name.clone(), m.path.clone()))
         .collect();
 
-    check_collection(&setup, &loaded, options, &mut report);
-    call_metrics(&loaded, options, &mut report);
+    report.metrics = metrics
+        .iter()
+        .map(|m| {
+            let module = &modules[m.module].id;
+            MetricReport {
+                module: module.name.clone(),
+                file: module.path.clone(),
+                name: m.descriptor.name.clone(),
+                value_type: m.descriptor.value_type,
+                units: m.descriptor.units.clone(),
+                format: m.descriptor.format.clone(),
+                values: Vec::new(),
+                times: Vec::new(),
+            }
+        })
+        .collect();
+    check_collection(&setup, options, &mut report);
 
-    let ((), diagnostics) = loader::collect_diagnostics(|| {
-        Python::attach(|py| {
-            let modules: Vec<_> = loaded
-                .modules
-                .iter()
-                .map(|m| (m.id.clone(), m.module.clone_ref(py)))
-                .collect();
-            loader::cleanup_modules(py, &modules, &|_| {});
-        });
-    });
-    report
-        .problems
-        .extend(diagnostics.into_iter().map(problem_of));
+    interrupt::set_metric_labels(
+        metrics
+            .iter()
+            .map(|m| format!("{}: metric '{}'", modules[m.module].id, m.descriptor.name))
+            .collect(),
+    );
+    let module_names: Vec<Arc<str>> = modules
+        .iter()
+        .map(|m| Arc::from(m.id.name.as_str()))
+        .collect();
+    let calls = Calls {
+        module_of: metrics.iter().map(|m| m.module).collect(),
+        settings: modules
+            .iter()
+            .map(|m| settings::effective(&host_settings, &m.overrides))
+            .collect(),
+        targets: Arc::new(
+            metrics
+                .into_iter()
+                .map(|m| CallTarget {
+                    module_name: Arc::clone(&module_names[m.module]),
+                    callback: m.callback,
+                    py_name: m.py_name,
+                    value_type: m.descriptor.value_type,
+                })
+                .collect(),
+        ),
+    };
+    call_metrics(&calls, options, &mut report);
+
+    cleanup(
+        modules.into_iter().map(|m| (m.id, m.module)).collect(),
+        &mut report,
+    );
     drain_log(&mut report);
     report
 }
@@ -833,43 +875,36 @@ fn problem_of(d: loader::Diagnostic) -> Problem {
 }
 
 /// Whether gmond's collection groups pick up each metric, and (for a
-/// module's own .pyconf) whether each listed metric exists.
-fn check_collection(
-    setup: &Setup,
-    loaded: &loader::Loaded,
-    options: &Options,
-    report: &mut Report,
-) {
-    let names: Vec<&str> = loaded
-        .metrics
-        .iter()
-        .map(|m| m.descriptor.name.as_str())
-        .collect();
-    let matches = |entry: &CollectedMetric, metric: &str| -> bool {
-        if let Some(name) = &entry.name {
-            // Without an exact match gmond takes every metric starting with the name.
-            if metric == name || metric.starts_with(name.as_str()) {
-                return true;
-            }
-        }
-        if let Some(pattern) = &entry.name_match {
-            return Python::attach(|py| {
-                py.import("re")
-                    .and_then(|re| re.call_method1("search", (pattern.as_str(), metric)))
-                    .map(|m| !m.is_none())
-                    .unwrap_or(false)
-            });
-        }
-        false
+/// module's own .pyconf) whether each metric they name exists.
+fn check_collection(setup: &Setup, options: &Options, report: &mut Report) {
+    let names: Vec<&str> = report.metrics.iter().map(|m| m.name.as_str()).collect();
+    let found = name_match_results(&setup.collected, &names);
+    let mut problems = Vec::new();
+    let search = |pattern: &str, metric: &str| match found.get(pattern) {
+        Some(Ok(matched)) => matched.contains(metric),
+        _ => false,
     };
-    for metric in &loaded.metrics {
-        let name = metric.descriptor.name.as_str();
-        if !setup.collected.iter().any(|e| matches(e, name)) {
-            let module = &loaded.modules[metric.module].id;
-            report.problems.push(Problem {
+    for (pattern, result) in &found {
+        if let Err(e) = result {
+            problems.push(Problem::new(
+                Severity::Warning,
+                format!(
+                    "a collection_group's name_match \"{pattern}\" is not a valid regular expression ({e}); it matches no metric here (gmond uses PCRE, which may read it differently)"
+                ),
+            ));
+        }
+    }
+    for metric in &report.metrics {
+        let name = metric.name.as_str();
+        if !setup
+            .collected
+            .iter()
+            .any(|e| e.selects(name, &names, &search))
+        {
+            problems.push(Problem {
                 severity: Severity::Warning,
-                module: Some(module.name.clone()),
-                file: Some(module.path.clone()),
+                module: Some(metric.module.clone()),
+                file: Some(metric.file.clone()),
                 metric: Some(name.to_owned()),
                 message: format!(
                     "metric '{name}' is in no collection_group, so gmond never collects or sends it (add metric {{ name = \"{name}\" }} to a collection_group)"
@@ -878,13 +913,11 @@ fn check_collection(
         }
     }
     if setup.own_config && options.modules.is_empty() {
-        for entry in &setup.collected {
+        // With name_match, gmond ignores name.
+        for entry in setup.collected.iter().filter(|e| e.name_match.is_none()) {
             let Some(listed) = &entry.name else { continue };
-            if !names
-                .iter()
-                .any(|n| n == listed || n.starts_with(listed.as_str()))
-            {
-                report.problems.push(Problem::new(
+            if !names.iter().any(|n| entry.selects(n, &names, &search)) {
+                problems.push(Problem::new(
                     Severity::Warning,
                     format!(
                         "a collection_group lists metric '{listed}', which no module registered; gmond will log \"Unable to find the metric information for '{listed}'\""
@@ -893,68 +926,127 @@ fn check_collection(
             }
         }
     }
+    report.problems.extend(problems);
 }
 
-/// Calls every metric `count` times, `interval` apart, as gmond would.
-fn call_metrics(loaded: &loader::Loaded, options: &Options, report: &mut Report) {
-    let mut results: Vec<MetricReport> = loaded
-        .metrics
+/// Every distinct `name_match` expression, with the metric names it finds
+/// (Python's `re.search`, the closest to gmond's PCRE at hand) or why it
+/// does not compile. The GIL is taken once for all of them.
+fn name_match_results<'a>(
+    entries: &'a [CollectedMetric],
+    names: &[&'a str],
+) -> HashMap<&'a str, Result<HashSet<&'a str>, String>> {
+    let mut results = HashMap::new();
+    let patterns: Vec<&str> = entries
         .iter()
-        .map(|m| {
-            let module = &loaded.modules[m.module].id;
-            MetricReport {
-                module: module.name.clone(),
-                file: module.path.clone(),
-                name: m.descriptor.name.clone(),
-                value_type: m.descriptor.value_type,
-                units: m.descriptor.units.clone(),
-                format: m.descriptor.format.clone(),
-                values: Vec::new(),
-                times: Vec::new(),
-            }
-        })
+        .filter_map(|e| e.name_match.as_deref())
         .collect();
+    if patterns.is_empty() {
+        return results;
+    }
+    Python::attach(|py| {
+        for pattern in patterns {
+            if results.contains_key(pattern) {
+                continue;
+            }
+            let compiled = py
+                .import("re")
+                .and_then(|re| re.call_method1("compile", (pattern,)))
+                .map_err(|e| errors::summary(py, &e));
+            let matched = compiled.map(|regex| {
+                names
+                    .iter()
+                    .copied()
+                    .filter(|name| {
+                        regex
+                            .call_method1("search", (*name,))
+                            .is_ok_and(|m| !m.is_none())
+                    })
+                    .collect()
+            });
+            results.insert(pattern, matched);
+        }
+    });
+    results
+}
+
+/// The loaded metrics, called as the host calls them.
+struct Calls {
+    targets: Targets,
+    /// Each metric's module.
+    module_of: Vec<usize>,
+    /// Each module's call mode and deadline, host settings and the module's
+    /// own overrides combined.
+    settings: Vec<(CallMode, Duration)>,
+}
+
+/// Calls every metric `count` times, `interval` apart, as gmond would: in
+/// the module's call mode, under its deadline, and not while one of the
+/// module's calls is stuck.
+fn call_metrics(calls: &Calls, options: &Options, report: &mut Report) {
+    let count = calls.targets.len();
+    let mut worker: Option<Worker> = None;
+    let mut stuck: Vec<Option<Stuck>> = calls.settings.iter().map(|_| None).collect();
     // The first failure of each metric, with its traceback.
-    let mut first_failure: Vec<Option<(usize, String)>> = vec![None; loaded.metrics.len()];
+    let mut first_failure: Vec<Option<(usize, String)>> = vec![None; count];
     for round in 0..options.count {
         if round > 0 {
             std::thread::sleep(options.interval);
         }
-        for (i, metric) in loaded.metrics.iter().enumerate() {
-            let module = &loaded.modules[metric.module].id;
-            let start = Instant::now();
-            let outcome = Python::attach(|py| {
-                let _scope = stdio::ModuleScope::enter(&module.name);
-                match metric.callback.bind(py).call1((metric.py_name.bind(py),)) {
-                    Ok(obj) => {
-                        value::convert(&extract::returned(&obj), metric.descriptor.value_type)
-                            .map_err(|e| e.0)
-                    }
-                    Err(err) => Err(format!(
-                        "the callback raised an exception\n{}",
-                        errors::describe(py, &err)
-                    )),
-                }
-            });
-            let elapsed = start.elapsed().as_secs_f64();
-            results[i].times.push(elapsed);
-            match outcome {
-                Ok(v) => results[i]
-                    .values
-                    .push(Some(gmond_text(&v, &metric.descriptor.format))),
-                Err(why) => {
-                    results[i].values.push(None);
+        for (i, target) in calls.targets.iter().enumerate() {
+            let module = calls.module_of[i];
+            let (mode, deadline) = calls.settings[module];
+            if let Some(pending) = &stuck[module] {
+                if !pending.finished() {
+                    report.metrics[i].values.push(None);
                     if first_failure[i].is_none() {
-                        first_failure[i] = Some((round as usize + 1, why));
+                        first_failure[i] = Some((
+                            round as usize + 1,
+                            format!(
+                                "not called: the module's call of metric '{}' has not returned, and gmond calls none of the module's metrics until it does",
+                                report.metrics[pending.index].name
+                            ),
+                        ));
                     }
+                    continue;
                 }
+                stuck[module] = None;
+            }
+            let start = Instant::now();
+            let outcome = match mode {
+                CallMode::Inline => dispatch::call_inline(target, i, deadline),
+                CallMode::Protected => protected_call(&mut worker, &calls.targets, i, deadline)
+                    .unwrap_or_else(|s| {
+                        let elapsed = s.since.elapsed();
+                        stuck[module] = Some(s);
+                        Outcome::TimedOut(elapsed)
+                    }),
+            };
+            let result = &mut report.metrics[i];
+            result.times.push(start.elapsed().as_secs_f64());
+            let why = match outcome {
+                Outcome::Value(v) => {
+                    result.values.push(Some(gmond_text(&v, &result.format)));
+                    continue;
+                }
+                Outcome::Failed(failed) => match failed {
+                    Failed::Raised { .. } => {
+                        format!("the callback raised an exception\n{}", failed.detail())
+                    }
+                    _ => failed.detail().to_owned(),
+                },
+                Outcome::TimedOut(_) => timed_out(mode, deadline),
+            };
+            result.values.push(None);
+            if first_failure[i].is_none() {
+                first_failure[i] = Some((round as usize + 1, why));
             }
         }
     }
     for (i, failure) in first_failure.into_iter().enumerate() {
         let Some((call, why)) = failure else { continue };
-        let m = &results[i];
-        report.problems.push(Problem {
+        let m = &report.metrics[i];
+        let problem = Problem {
             severity: Severity::Error,
             module: Some(m.module.clone()),
             file: Some(m.file.clone()),
@@ -965,30 +1057,147 @@ fn call_metrics(loaded: &loader::Loaded, options: &Options, report: &mut Report)
                 m.failures(),
                 m.values.len()
             ),
-        });
+        };
+        report.problems.push(problem);
     }
-    report.metrics = results;
+}
+
+/// A call on the worker, as the host makes it; when the worker gets stuck
+/// it is left with its call and the next call gets a fresh one.
+fn protected_call(
+    worker: &mut Option<Worker>,
+    targets: &Targets,
+    index: usize,
+    deadline: Duration,
+) -> Result<Outcome, Stuck> {
+    if worker.is_none() {
+        match Worker::spawn(Arc::clone(targets)) {
+            Ok(w) => *worker = Some(w),
+            Err(e) => {
+                log::error!(
+                    "cannot start a thread for handler calls: {e}; the call is made on this thread instead"
+                );
+                return Ok(dispatch::call_inline(&targets[index], index, deadline));
+            }
+        }
+    }
+    let Some(w) = worker.as_ref() else {
+        unreachable!("the worker was just started")
+    };
+    let result = w.call(index, deadline);
+    if result.is_err() {
+        *worker = None;
+    }
+    result
+}
+
+/// Why gmond would have no value from a call that overran its deadline.
+fn timed_out(mode: CallMode, deadline: Duration) -> String {
+    let seconds = deadline.as_secs_f64();
+    match mode {
+        CallMode::Protected => format!(
+            "gmond would time this out after {seconds:.1}s (call_timeout): the call did not return in time, and gmond calls none of the module's metrics until it does"
+        ),
+        CallMode::Inline => format!(
+            "gmond would time this out after {seconds:.1}s (call_timeout): the call ran past its deadline and was interrupted (call_mode inline)"
+        ),
+    }
+}
+
+/// How long the modules' `metric_cleanup()` calls may take in all, as in gmond.
+const CLEANUP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Every module's `metric_cleanup()`, on a thread of its own as in gmond,
+/// so a cleanup that never returns (or a stuck call holding the GIL) is
+/// reported rather than hanging the checker.
+fn cleanup(modules: Vec<(loader::ModuleRef, Py<PyModule>)>, report: &mut Report) {
+    enum Progress {
+        Started(loader::ModuleRef),
+        Done(Vec<loader::Diagnostic>),
+    }
+    let (tx, rx) = mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("modpython-cleanup".to_owned())
+        .spawn(move || {
+            let started = tx.clone();
+            let ((), diagnostics) = loader::collect_diagnostics(|| {
+                Python::attach(|py| {
+                    loader::cleanup_modules(py, &modules, &|id| {
+                        let _ = started.send(Progress::Started(id.clone()));
+                    })
+                })
+            });
+            let _ = tx.send(Progress::Done(diagnostics));
+        });
+    if let Err(e) = spawned {
+        report.error(format!(
+            "cannot start the cleanup thread ({e}); metric_cleanup is not called"
+        ));
+        return;
+    }
+    let deadline = Instant::now() + CLEANUP_DEADLINE;
+    let mut current = None;
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Progress::Started(id)) => current = Some(id),
+            Ok(Progress::Done(diagnostics)) => {
+                report
+                    .problems
+                    .extend(diagnostics.into_iter().map(problem_of));
+                return;
+            }
+            Err(_) => {
+                report.problems.push(Problem {
+                    severity: Severity::Error,
+                    module: current.as_ref().map(|m: &loader::ModuleRef| m.name.clone()),
+                    file: current.as_ref().map(|m| m.path.clone()),
+                    metric: None,
+                    message: format!(
+                        "metric_cleanup did not return within {}s; gmond goes on without waiting for it",
+                        CLEANUP_DEADLINE.as_secs()
+                    ),
+                });
+                return;
+            }
+        }
+    }
 }
 
 /// A value as gmond prints it: the metric's format applied by C's snprintf.
-pub fn gmond_text(value: &Value, format: &str) -> String {
+/// The format is checked here, whatever the caller passed: only a single
+/// conversion for the value's type reaches snprintf, or the type's default.
+/// [`descriptor::check_format`] allows only conversions APR's apr_snprintf
+/// (gmond's) and libc's print alike, so the text is gmond's.
+fn gmond_text(value: &Value, format: &str) -> String {
+    let value_type = match value {
+        Value::Str(s) => return s.clone(),
+        Value::Uint(_) => ValueType::Uint,
+        Value::Int(_) => ValueType::Int,
+        Value::Float(_) => ValueType::Float,
+        Value::Double(_) => ValueType::Double,
+    };
+    let format = match descriptor::check_format(format, value_type) {
+        Ok(()) => format,
+        Err(_) => value_type.default_format(),
+    };
     let mut buf = [0u8; 256];
     let fmt = gmond_config::c_string(format);
     let ptr = buf.as_mut_ptr() as *mut libc::c_char;
     let written = match value {
-        Value::Str(s) => return s.clone(),
-        // SAFETY: descriptor::check only lets through a format with exactly
-        // one conversion matching the type (or the type's default), so the
-        // single vararg has the type the format expects; snprintf never
-        // writes past `buf.len()`.
+        Value::Str(_) => unreachable!("strings returned above"),
+        // SAFETY: `format` passed check_format for a uint (or is the uint
+        // default): exactly one %u conversion and no other directive, so the
+        // single c_uint vararg is what it reads; snprintf never writes past
+        // `buf.len()`.
         Value::Uint(u) => unsafe {
             libc::snprintf(ptr, buf.len(), fmt.as_ptr(), *u as libc::c_uint)
         },
-        // SAFETY: as above, for an int conversion.
+        // SAFETY: as above, one %d or %i conversion for the c_int.
         Value::Int(i) => unsafe { libc::snprintf(ptr, buf.len(), fmt.as_ptr(), *i as libc::c_int) },
-        // SAFETY: as above; a float is promoted to double in varargs, as in gmond.
+        // SAFETY: as above, one real conversion; a float is promoted to
+        // double in varargs, as in gmond.
         Value::Float(x) => unsafe { libc::snprintf(ptr, buf.len(), fmt.as_ptr(), f64::from(*x)) },
-        // SAFETY: as above, for a double conversion.
+        // SAFETY: as above, one real conversion for the double.
         Value::Double(x) => unsafe { libc::snprintf(ptr, buf.len(), fmt.as_ptr(), *x) },
     };
     if written < 0 {
@@ -1002,7 +1211,7 @@ pub fn gmond_text(value: &Value, format: &str) -> String {
 pub fn main_with_args(args: &[String]) -> i32 {
     let options = match parse_args(args) {
         Ok(Command::Help) => {
-            println!("{USAGE}");
+            println!("{}", help());
             return 0;
         }
         Ok(Command::Check(o)) => o,
@@ -1075,6 +1284,19 @@ mod tests {
         assert_eq!(gmond_text(&Value::Float(2.5), "%.2f"), "2.50");
         assert_eq!(gmond_text(&Value::Double(3.25), "%f"), "3.250000");
         assert_eq!(gmond_text(&Value::Str("a b".into()), "%s"), "a b");
+        // A format that does not fit the type never reaches snprintf.
+        assert_eq!(gmond_text(&Value::Uint(7), "%s"), "7");
+        assert_eq!(gmond_text(&Value::Int(-1), "%d %n"), "-1");
+        assert_eq!(gmond_text(&Value::Double(0.5), "%s%s"), "0.500000");
+    }
+
+    #[test]
+    fn help_lists_every_host_setting() {
+        let text = help();
+        assert!(text.starts_with("usage: modpython-check"));
+        for setting in settings::HOST_SETTINGS {
+            assert!(text.contains(setting.name) && text.contains(setting.help));
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! Python file is plain logic, shared with the tools.
 
 use std::ffi::{CStr, CString};
+use std::path::{Path, PathBuf};
 
 use libc::c_char;
 
@@ -34,6 +35,16 @@ impl ModuleBlock {
             .as_deref()
             .is_some_and(|l| l.eq_ignore_ascii_case("python"))
     }
+
+    /// Whether this is the Python block for the file `stem`: language
+    /// python and the same name, both ignoring case (as the original host).
+    pub fn names(&self, stem: &str) -> bool {
+        self.is_python()
+            && self
+                .name
+                .as_deref()
+                .is_some_and(|n| n.eq_ignore_ascii_case(stem))
+    }
 }
 
 /// What the scan of gmond's Python blocks found for one file stem.
@@ -50,21 +61,37 @@ pub enum Selection<'a> {
 /// Picks the configuration for the Python file `stem`, as the original host
 /// did: language python, name equal ignoring case, enabled; first one wins.
 pub fn select_block<'a>(blocks: &'a [ModuleBlock], stem: &str) -> Selection<'a> {
-    let mut named = blocks
-        .iter()
-        .filter(|b| {
-            b.is_python()
-                && b.name
-                    .as_deref()
-                    .is_some_and(|n| n.eq_ignore_ascii_case(stem))
-        })
-        .peekable();
+    let mut named = blocks.iter().filter(|b| b.names(stem)).peekable();
     if named.peek().is_none() {
         return Selection::Unconfigured;
     }
     named
         .find(|b| b.enabled)
         .map_or(Selection::Disabled, Selection::Enabled)
+}
+
+/// The module directory named by the python_module block's `params`, if it
+/// is one.
+pub fn check_module_dir(params: Option<&str>) -> Result<PathBuf, String> {
+    let Some(dir) = params.filter(|d| !d.trim().is_empty()) else {
+        return Err(
+            "the python_module block has no params: set params = \"<directory of your Python metric modules>\"".to_owned(),
+        );
+    };
+    check_dir(Path::new(dir), "params of the python_module block")
+}
+
+/// That `dir` is a directory we can look into; `origin` says where it was
+/// named, for the message.
+pub fn check_dir(dir: &Path, origin: &str) -> Result<PathBuf, String> {
+    match std::fs::metadata(dir) {
+        Err(e) => Err(format!(
+            "cannot open the Python module directory {} ({origin}): {e}",
+            dir.display()
+        )),
+        Ok(m) if !m.is_dir() => Err(format!("{} ({origin}) is not a directory", dir.display())),
+        Ok(_) => Ok(dir.to_path_buf()),
+    }
 }
 
 fn owned(ptr: *const c_char) -> Option<String> {
@@ -272,6 +299,29 @@ pub struct CollectedMetric {
     pub name_match: Option<String>,
 }
 
+impl CollectedMetric {
+    /// Whether gmond's entry picks `metric` out of the registered metric
+    /// names `all` (gmond-module-abi.md §7): with `name_match`, only the
+    /// regular expression counts (`search(pattern, metric)`; `name` is
+    /// ignored); otherwise the metric named exactly `name`, or, when there
+    /// is none, every metric whose name starts with `name`, ignoring case.
+    pub fn selects(&self, metric: &str, all: &[&str], search: &dyn Fn(&str, &str) -> bool) -> bool {
+        if let Some(pattern) = &self.name_match {
+            return search(pattern, metric);
+        }
+        let Some(name) = self.name.as_deref() else {
+            return false;
+        };
+        if all.contains(&name) {
+            return metric == name;
+        }
+        metric
+            .as_bytes()
+            .get(..name.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(name.as_bytes()))
+    }
+}
+
 /// Every `collection_group { metric { … } }` entry of a parsed config.
 ///
 /// # Safety
@@ -342,13 +392,26 @@ impl ParsedConfig {
 /// relative to the working directory, as for gmond.
 ///
 /// libganglia exits the process on a parse error, so the file is parsed
-/// first in a forked child, whose error output becomes the `Err`. Call this
-/// before starting threads (the tools do, first thing).
-pub fn parse_config_file(path: &std::path::Path) -> Result<ParsedConfig, String> {
+/// first in a forked child, whose error output becomes the `Err`. A forked
+/// child of a multi-threaded process may deadlock on a lock (malloc, stdio)
+/// another thread held, so this refuses to run unless the process has a
+/// single thread: call it before starting threads (the tools do, first thing).
+pub fn parse_config_file(path: &Path) -> Result<ParsedConfig, String> {
     use std::io::Read;
     use std::os::fd::FromRawFd;
 
     std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    // Only this thread could start another one, so the count cannot go up
+    // between this check and the fork.
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map(|tasks| tasks.count())
+        .map_err(|e| format!("cannot count this process's threads in /proc/self/task: {e}"))?;
+    if threads != 1 {
+        return Err(format!(
+            "cannot parse {} with libganglia's parser: the process already runs {threads} threads, and the parser must run in a forked child of a single-threaded process",
+            path.display()
+        ));
+    }
     let c_path = c_string(&path.display().to_string());
     static APR: std::sync::Once = std::sync::Once::new();
     // SAFETY: apr_initialize has no preconditions; Once makes it run once.
@@ -362,7 +425,7 @@ pub fn parse_config_file(path: &std::path::Path) -> Result<ParsedConfig, String>
         return Err(format!("pipe: {}", std::io::Error::last_os_error()));
     }
     // SAFETY: the child only redirects its output, parses and `_exit`s; the
-    // callers are single-threaded at this point (see above).
+    // process has a single thread (checked above), so no lock is held.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(format!("fork: {}", std::io::Error::last_os_error()));
@@ -439,5 +502,63 @@ mod tests {
         assert_eq!(b.params[0].value.as_deref(), Some("first-enabled"));
         assert_eq!(select_block(&blocks, "off"), Selection::Disabled);
         assert_eq!(select_block(&blocks, "helper"), Selection::Unconfigured);
+        assert!(blocks[2].names("DISKIO") && !blocks[0].names("diskio"));
+    }
+
+    #[test]
+    fn collection_groups_select_like_gmond() {
+        let entry = |name: Option<&str>, name_match: Option<&str>| CollectedMetric {
+            name: name.map(str::to_owned),
+            name_match: name_match.map(str::to_owned),
+        };
+        // A stand-in for PCRE: "^x" is a prefix, anything else a substring.
+        let search = |pattern: &str, metric: &str| match pattern.strip_prefix('^') {
+            Some(p) => metric.starts_with(p),
+            None => metric.contains(pattern),
+        };
+        let all = ["probe", "probe_a", "Probe_B", "dyn_a", "DYN_b", "other"];
+        let picked = |e: &CollectedMetric| -> Vec<&str> {
+            all.iter()
+                .copied()
+                .filter(|m| e.selects(m, &all, &search))
+                .collect()
+        };
+        // An exact match wins: no prefix matching then.
+        assert_eq!(picked(&entry(Some("probe"), None)), ["probe"]);
+        // Otherwise every metric starting with the name, ignoring case.
+        assert_eq!(picked(&entry(Some("dyn"), None)), ["dyn_a", "DYN_b"]);
+        assert_eq!(picked(&entry(Some("PROBE_"), None)), ["probe_a", "Probe_B"]);
+        assert!(picked(&entry(Some("nothing"), None)).is_empty());
+        // With name_match, only the expression counts; name is ignored.
+        assert_eq!(picked(&entry(Some("other"), Some("^dyn"))), ["dyn_a"]);
+        assert_eq!(
+            picked(&entry(Some("other"), Some("^nothing"))),
+            [] as [&str; 0]
+        );
+        assert!(picked(&entry(None, None)).is_empty());
+    }
+
+    #[test]
+    fn module_directory_is_checked() {
+        assert!(
+            check_module_dir(None)
+                .unwrap_err()
+                .contains("has no params")
+        );
+        assert!(
+            check_module_dir(Some("  "))
+                .unwrap_err()
+                .contains("has no params")
+        );
+        assert!(
+            check_module_dir(Some("/nonexistent/modules"))
+                .unwrap_err()
+                .starts_with("cannot open the Python module directory /nonexistent/modules (params of the python_module block): ")
+        );
+        assert_eq!(
+            check_dir(Path::new("/etc/passwd"), "--dir").unwrap_err(),
+            "/etc/passwd (--dir) is not a directory"
+        );
+        assert_eq!(check_module_dir(Some("/")), Ok(PathBuf::from("/")));
     }
 }

@@ -5,7 +5,6 @@
 //! gmond calls into us from its main thread only; the mutex is there so the
 //! state can be a safe global, not because calls race.
 
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ use pyo3::prelude::*;
 
 use crate::descriptor::{MetricDescriptor, ValueType};
 use crate::dispatch::{self, CallTarget, Failed, Outcome, Stuck, Targets, Worker};
-use crate::gmond_config::{ModuleBlock, Param};
+use crate::gmond_config::{self, ModuleBlock, Param};
 use crate::metric_table::{GmondPool, MetricTable};
 use crate::permissions;
 use crate::python::{self, interrupt, loader};
@@ -114,7 +113,7 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
     for problem in problems {
         log::warn!("{problem}");
     }
-    let dir = check_module_dir(input.module_dir.as_deref())?;
+    let dir = gmond_config::check_module_dir(input.module_dir.as_deref())?;
     crate::signals::remember_gmond_handlers();
     cycles::start();
     python::start()?;
@@ -123,7 +122,7 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
 
     let options = loader::LoadOptions {
         settings: &settings,
-        trusted_uids: permissions::trusted_uids(input.gmond_user.as_deref()),
+        trusted_uids: permissions::trusted_uids(input.gmond_user.as_deref(), true),
     };
     let loaded = Python::attach(|py| loader::load_all(py, &dir, &input.blocks, &options))?;
 
@@ -243,24 +242,6 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
 fn spawn_worker(targets: &Targets) -> Result<Worker, String> {
     Worker::spawn(Arc::clone(targets))
         .map_err(|e| format!("cannot start a thread for handler calls: {e}"))
-}
-
-fn check_module_dir(dir: Option<&str>) -> Result<PathBuf, String> {
-    let Some(dir) = dir.filter(|d| !d.trim().is_empty()) else {
-        return Err(
-            "the python_module block has no params: set params = \"<directory of your Python metric modules>\"".to_owned(),
-        );
-    };
-    let path = Path::new(dir);
-    match std::fs::metadata(path) {
-        Err(e) => Err(format!(
-            "cannot open the Python module directory {dir} (params of the python_module block): {e}"
-        )),
-        Ok(m) if !m.is_dir() => Err(format!(
-            "{dir} (params of the python_module block) is not a directory"
-        )),
-        Ok(_) => Ok(path.to_path_buf()),
-    }
 }
 
 /// gmond's `handler(index)`: the metric's current value, or its last good

@@ -95,15 +95,6 @@ impl MetricTable {
     pub fn as_ptr(&self) -> *mut ffi::Ganglia_25metric {
         self.entries.as_ptr() as *mut ffi::Ganglia_25metric
     }
-
-    /// Number of metrics, the terminator excluded.
-    pub fn len(&self) -> usize {
-        self.entries.len() - 1
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// One APR table per metric: a GROUP entry per group, then the extra keys.
@@ -153,11 +144,6 @@ impl GmondPool {
         // SAFETY: `self.0` is gmond's live init pool; APR stores the function
         // pointer and calls it once, from apr_pool_destroy, with our null data.
         unsafe { ffi::apr_pool_pre_cleanup_register(self.0, ptr::null(), Some(hook)) };
-    }
-
-    /// No pool: metric tables built outside gmond carry no metadata.
-    pub fn none() -> GmondPool {
-        GmondPool(ptr::null_mut())
     }
 
     /// A sub-pool for our metadata (null if APR refuses).

@@ -40,12 +40,15 @@ pub fn check(path: &Path, trusted_uids: &[u32]) -> Result<(), String> {
 }
 
 /// The uids allowed to own module code: root, whoever runs us now (gmond's
-/// user after a SIGHUP re-exec), and gmond's configured `user`.
-pub fn trusted_uids(gmond_user: Option<&str>) -> Vec<u32> {
+/// user after a SIGHUP re-exec) when `include_euid`, and gmond's configured
+/// `user`. `modpython-check` leaves its own user out when it judges gmond's
+/// configuration: gmond, started as root, would not trust that user.
+pub fn trusted_uids(gmond_user: Option<&str>, include_euid: bool) -> Vec<u32> {
     let mut uids = vec![0];
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    uids.push(euid);
+    if include_euid {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        uids.push(unsafe { libc::geteuid() });
+    }
     if let Some(uid) = gmond_user.and_then(uid_of) {
         uids.push(uid);
     }
@@ -90,7 +93,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("m.py");
         std::fs::write(&file, "").unwrap();
-        let me = trusted_uids(None);
+        let me = trusted_uids(None, true);
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(check(&file, &me).is_ok());
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o664)).unwrap();
@@ -112,7 +115,8 @@ mod tests {
 
     #[test]
     fn root_is_always_trusted() {
-        assert!(trusted_uids(Some("no-such-user-here")).contains(&0));
-        assert!(trusted_uids(Some("root")).contains(&0));
+        assert!(trusted_uids(Some("no-such-user-here"), true).contains(&0));
+        assert!(trusted_uids(Some("root"), false).contains(&0));
+        assert_eq!(trusted_uids(Some("no-such-user-here"), false), vec![0]);
     }
 }

@@ -35,8 +35,20 @@ pub fn remember_gmond_handlers() {
 /// Restores any watched disposition that changed since
 /// [`remember_gmond_handlers`], logging `who` changed it.
 pub fn restore_if_changed(who: &str) {
+    for problem in restore_changed() {
+        log::warn!("{who} {problem}");
+    }
+}
+
+/// Restores any watched disposition that changed since
+/// [`remember_gmond_handlers`]; returns, for each one worth a warning, the
+/// text after "whoever changed it" for the caller to report.
+pub fn restore_changed() -> Vec<String> {
+    let mut problems = Vec::new();
     let guard = SAVED.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(saved) = guard.as_ref() else { return };
+    let Some(saved) = guard.as_ref() else {
+        return problems;
+    };
     for ((signal, name), original) in WATCHED.iter().zip(saved) {
         let now = current(*signal);
         if now.sa_sigaction != original.sa_sigaction {
@@ -48,11 +60,12 @@ pub fn restore_if_changed(who: &str) {
                 // `signal` module then claims SIGINT: nothing worth a warning.
                 continue;
             }
-            log::warn!(
-                "{who} changed the handler of {name}; gmond's own handler is restored (gmond must keep control of its signals: do shutdown work in metric_cleanup)"
-            );
+            problems.push(format!(
+                "changed the handler of {name}; gmond's own handler is restored (gmond must keep control of its signals: do shutdown work in metric_cleanup)"
+            ));
         }
     }
+    problems
 }
 
 /// Blocks gmond's signals in the calling thread, for threads modpython

@@ -492,3 +492,158 @@ def metric_init(params):
         run.assert_has(line);
     }
 }
+
+/// A module's files in a fresh directory, with a .pyconf of `pyconf` text.
+fn modules(files: &[(&str, &str)], pyconf: &str) -> (TempDir, String, String) {
+    let tmp = TempDir::new();
+    for (name, body) in files {
+        std::fs::write(tmp.path().join(format!("{name}.py")), body).unwrap();
+    }
+    let conf = tmp.path().join("m.pyconf");
+    std::fs::write(&conf, pyconf).unwrap();
+    let (conf, dir) = (conf.display().to_string(), tmp.path().display().to_string());
+    (tmp, conf, dir)
+}
+
+const DESCRIPTOR: &str = r#"
+def d(name, cb):
+    return {"name": name, "call_back": cb, "value_type": "uint", "format": "%u",
+            "slope": "both", "time_max": 60, "units": "", "description": "d"}
+"#;
+
+#[test]
+fn a_hung_handler_is_reported_as_gmond_would_time_it_out() {
+    let hang = format!(
+        "import time\n{DESCRIPTOR}\ndef sleepy(name):\n    time.sleep(60)\n    return 1\n\
+         def metric_init(params):\n    return [d('hang_sleep', sleepy), d('hang_after', lambda n: 2)]\n"
+    );
+    let inline = format!(
+        "import time\n{DESCRIPTOR}\ndef sleepy(name):\n    time.sleep(60)\n    return 1\n\
+         def metric_init(params):\n    return [d('inline_sleep', sleepy)]\n"
+    );
+    let quick = format!(
+        "{DESCRIPTOR}\ndef metric_init(params):\n    return [d('quick_one', lambda n: 7)]\n"
+    );
+    let (_tmp, pyconf, dir) = modules(
+        &[("hang", &hang), ("inline", &inline), ("quick", &quick)],
+        "modules {\n\
+           module { name = \"hang\" language = \"python\" }\n\
+           module { name = \"inline\" language = \"python\"\n\
+             param \"modpython.call_mode\" { value = \"inline\" }\n\
+             param \"modpython.call_timeout\" { value = \"1\" } }\n\
+           module { name = \"quick\" language = \"python\" }\n\
+         }\n\
+         collection_group { collect_every = 10 time_threshold = 60\n\
+           metric { name_match = \"^(hang|inline|quick)_\" } }\n",
+    );
+    let started = std::time::Instant::now();
+    let run = check(&["--pyconf", &pyconf, "--dir", &dir]);
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "took {took:?}\n{run}"
+    );
+    assert_eq!(run.code, Some(1), "{run}");
+    // Protected (the default): gmond stops waiting after call_timeout...
+    let problem = run.problem("hang");
+    assert!(
+        problem.contains("metric 'hang_sleep' failed in 1 of 1")
+            && problem.contains("gmond would time this out after 3.0s"),
+        "{run}"
+    );
+    // ...and calls none of the module's metrics until the call returns.
+    run.assert_has("metric 'hang_after' failed in 1 of 1 call(s)");
+    run.assert_has("not called: the module's call of metric 'hang_sleep' has not returned");
+    // Inline, with the module's own deadline: interrupted.
+    let problem = run.problem("inline");
+    assert!(
+        problem.contains("gmond would time this out after 1.0s") && problem.contains("interrupted"),
+        "{run}"
+    );
+    // Other modules are unaffected.
+    assert!(run.row("quick_one").contains('7'), "{run}");
+}
+
+#[test]
+fn a_metric_init_that_never_returns_is_cut_off_at_init_timeout() {
+    let tmp = TempDir::new();
+    let modules_dir = tmp.path().join("modules");
+    std::fs::create_dir(&modules_dir).unwrap();
+    std::fs::write(
+        modules_dir.join("forever.py"),
+        "import time\ndef metric_init(params):\n    while True:\n        time.sleep(1)\n",
+    )
+    .unwrap();
+    std::fs::write(
+        modules_dir.join("fine.py"),
+        format!(
+            "{DESCRIPTOR}\ndef metric_init(params):\n    return [d('fine_one', lambda n: 3)]\n"
+        ),
+    )
+    .unwrap();
+    let conf = write_conf(
+        tmp.path(),
+        &format!(
+            "  module {{\n    name = \"python_module\"\n    path = \"{}\"\n    params = \"{}\"\n\
+             param init_timeout {{ value = \"1\" }}\n    param strict_permissions {{ value = \"no\" }}\n  }}",
+            common::modpython_so().display(),
+            modules_dir.display()
+        ),
+    );
+    std::fs::write(
+        tmp.path().join("conf.d/m.pyconf"),
+        "modules {\n  module { name = \"forever\" language = \"python\" }\n  module { name = \"fine\" language = \"python\" }\n}\n\
+         collection_group { collect_every = 10 time_threshold = 60 metric { name = \"fine_one\" } }\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let run = check(&["--conf", conf.to_str().unwrap()]);
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "took {took:?}\n{run}"
+    );
+    assert_eq!(run.code, Some(1), "{run}");
+    let problem = run.problem("forever");
+    assert!(
+        problem.contains("metric_init did not finish within init_timeout and was interrupted"),
+        "{run}"
+    );
+    run.assert_has("1 module(s) loaded, 1 failed, 1 metric(s)");
+    assert!(run.row("fine_one").contains('3'), "{run}");
+}
+
+#[test]
+fn collection_groups_select_metrics_as_gmond_does() {
+    let body = format!(
+        "{DESCRIPTOR}\ndef metric_init(params):\n    return [d(n, lambda n: 1) for n in \
+         ('cg_exact', 'cg_exact_more', 'CG_Pre_a', 'cg_pre_b', 'cg_rx_1', 'cg_rx_name')]\n"
+    );
+    let (_tmp, pyconf, dir) = modules(
+        &[("cg", &body)],
+        "modules { module { name = \"cg\" language = \"python\" } }\n\
+         collection_group { collect_every = 10 time_threshold = 60\n\
+           metric { name = \"cg_exact\" }\n\
+           metric { name = \"cg_pre\" }\n\
+           metric { name = \"cg_rx_name\" name_match = \"^cg_rx_[0-9]$\" }\n\
+           metric { name = \"CG_NONE\" }\n\
+           metric { name_match = \"([\" }\n\
+         }\n",
+    );
+    let run = check(&["--pyconf", &pyconf, "--dir", &dir]);
+    assert_eq!(run.code, Some(2), "{run}");
+    let uncollected = |m: &str| run.has(&format!("metric '{m}' is in no collection_group"));
+    // An exact match exists, so there is no prefix matching for that name.
+    assert!(uncollected("cg_exact_more"), "{run}");
+    // With name_match, name is ignored.
+    assert!(uncollected("cg_rx_name"), "{run}");
+    // The prefix fallback ignores case; the expression applies.
+    for collected in ["cg_exact", "CG_Pre_a", "cg_pre_b", "cg_rx_1"] {
+        assert!(!uncollected(collected), "{collected}\n{run}");
+    }
+    run.assert_has("lists metric 'CG_NONE', which no module registered");
+    assert!(!run.has("lists metric 'cg_pre'"), "{run}");
+    assert!(!run.has("lists metric 'cg_rx_name'"), "{run}");
+    run.assert_has("name_match \"([\" is not a valid regular expression");
+    run.assert_has("WARNINGS: 4 warning(s)");
+}

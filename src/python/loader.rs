@@ -285,7 +285,7 @@ pub fn load_all(
         let (_, reserved) = settings::split_module_params(&block.params);
         let (overrides, problems) = ModuleOverrides::parse(&reserved);
         for problem in problems {
-            log::warn!("{id}: {problem}");
+            report(log::Level::Warn, Some(&id), None, problem);
         }
         // Import and metric_init run on gmond's thread, before it serves
         // anything: a module hanging here would hold up gmond's start, so the
@@ -333,11 +333,11 @@ pub fn load_all(
                 loaded.failed.push(id.clone());
             }
         }
-        signals::restore_if_changed(&id.to_string());
+        report_signal_changes(&id);
     }
     for block in blocks.iter().filter(|b| b.is_python() && b.enabled) {
         let name = block.name.as_deref().unwrap_or("");
-        if !files.iter().any(|f| f.stem.eq_ignore_ascii_case(name)) {
+        if !files.iter().any(|f| block.names(&f.stem)) {
             report(
                 log::Level::Warn,
                 None,
@@ -660,15 +660,6 @@ fn descriptor_to_metric(
     })
 }
 
-/// Calls each loaded module's `metric_cleanup()`, in load order.
-pub fn cleanup_all(py: Python<'_>, modules: &[LoadedModule]) {
-    let pairs: Vec<(ModuleRef, Py<PyModule>)> = modules
-        .iter()
-        .map(|m| (m.id.clone(), m.module.clone_ref(py)))
-        .collect();
-    cleanup_modules(py, &pairs, &|_| {});
-}
-
 /// Calls each module's `metric_cleanup()`, in load order; `progress` hears
 /// of each module before its cleanup runs.
 pub fn cleanup_modules(
@@ -693,6 +684,14 @@ pub fn cleanup_modules(
             .import("sys")
             .and_then(|s| s.getattr(stream))
             .and_then(|s| s.call_method0("flush"));
+    }
+}
+
+/// Puts back gmond's signal handlers if the module's code changed them,
+/// saying so with the module's name and file.
+fn report_signal_changes(id: &ModuleRef) {
+    for problem in signals::restore_changed() {
+        report(log::Level::Warn, Some(id), None, problem);
     }
 }
 
@@ -721,5 +720,5 @@ fn call_cleanup(py: Python<'_>, id: &ModuleRef, module: &Bound<'_, PyAny>) {
             ),
         );
     }
-    signals::restore_if_changed(&id.to_string());
+    report_signal_changes(id);
 }
