@@ -92,3 +92,49 @@ fn only_errors_and_warnings_at_debug_level_0() {
         gmond_assert!(g, !g.log().contains(quiet), "{quiet:?} shown at level 0");
     }
 }
+
+const FLOOD: &str = r#"
+import sys
+
+def value(name):
+    return 2
+
+def metric_init(params):
+    for i in range(500):
+        sys.stderr.write("flood: line %d\n" % i)
+    return [{"name": "flood_two", "call_back": value, "value_type": "uint",
+             "format": "%u", "slope": "both", "time_max": 60, "units": "",
+             "description": "floods"}]
+"#;
+
+/// A module that writes without end cannot fill gmond's log: each module
+/// may log 100 lines a minute, the rest is counted and summarised.
+#[test]
+fn module_output_is_capped_per_module() {
+    let g = GmondBuilder::new()
+        .module_file("flood.py", FLOOD)
+        .module_file("talker.py", TALKER)
+        .pyconf_text(
+            "flood",
+            "modules { module { name = \"flood\" language = \"python\" } module { name = \"talker\" language = \"python\" } }\n\
+             collection_group { collect_every = 1 time_threshold = 1 metric { name = \"flood_two\" } metric { name = \"talker_one\" } }\n",
+        )
+        .start();
+    let m = g.wait_metric("flood_two", secs(20));
+    gmond_assert_eq!(g, m.val, "2");
+    gmond_assert_eq!(g, g.log_count("[flood] flood: line "), 100, "lines logged");
+    gmond_assert!(
+        g,
+        g.log().contains("[flood] flood: line 99\n"),
+        "the first 100 lines"
+    );
+    // Another module's budget is its own.
+    gmond_assert!(
+        g,
+        g.wait_log(
+            "[modpython] warning: [talker] talker: stderr in two writes",
+            secs(10)
+        ),
+        "the other module's output was cut too"
+    );
+}

@@ -101,9 +101,59 @@ fn caller_module_name(py: Python<'_>) -> Option<String> {
     globals.get_item("__name__").ok()?.extract::<String>().ok()
 }
 
-/// Logs one line a module said.
+/// Lines one module may log per [`BUDGET_WINDOW`]; more are counted and
+/// summarised, so a module printing on every call cannot fill the log.
+const BUDGET_LINES: u32 = 100;
+const BUDGET_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// One module's output budget: when its window started, lines logged and
+/// lines dropped in it.
+struct Budget {
+    since: std::time::Instant,
+    logged: u32,
+    dropped: u64,
+}
+
+static BUDGETS: Mutex<Option<HashMap<String, Budget>>> = Mutex::new(None);
+
+/// Logs one line a module said, within the module's budget.
 pub fn emit(level: Level, module: &str, text: &str) {
-    log::log!(target: MODULE_LOG_TARGET, level, "[{module}] {text}");
+    let now = std::time::Instant::now();
+    let mut summary = None;
+    let allowed = {
+        let mut budgets = BUDGETS.lock().unwrap_or_else(|p| p.into_inner());
+        let budgets = budgets.get_or_insert_with(HashMap::new);
+        let fresh = || Budget {
+            since: now,
+            logged: 0,
+            dropped: 0,
+        };
+        let budget = budgets.entry(module.to_owned()).or_insert_with(fresh);
+        if now.duration_since(budget.since) >= BUDGET_WINDOW {
+            if budget.dropped > 0 {
+                summary = Some(budget.dropped);
+            }
+            *budget = fresh();
+        }
+        budget.logged += 1;
+        let allowed = budget.logged <= BUDGET_LINES;
+        if !allowed {
+            budget.dropped += 1;
+        }
+        allowed
+    };
+    if let Some(dropped) = summary {
+        log::log!(
+            target: MODULE_LOG_TARGET,
+            Level::Warn,
+            "[{module}] {dropped} more line(s) of this module's output were not logged in the last {}s (limit {BUDGET_LINES} per {}s)",
+            BUDGET_WINDOW.as_secs(),
+            BUDGET_WINDOW.as_secs()
+        );
+    }
+    if allowed {
+        log::log!(target: MODULE_LOG_TARGET, level, "[{module}] {text}");
+    }
 }
 
 /// `sys.stdout` / `sys.stderr` for module code: complete lines go to the
