@@ -1112,7 +1112,8 @@ const CLEANUP_DEADLINE: Duration = Duration::from_secs(10);
 /// reported rather than hanging the checker.
 fn cleanup(modules: Vec<(loader::ModuleRef, Py<PyModule>)>, report: &mut Report) {
     enum Progress {
-        Started(loader::ModuleRef),
+        /// The module (none for the atexit handlers) and a description of the step.
+        Started(Option<loader::ModuleRef>, String),
         Done(Vec<loader::Diagnostic>),
     }
     let (tx, rx) = mpsc::channel();
@@ -1122,8 +1123,12 @@ fn cleanup(modules: Vec<(loader::ModuleRef, Py<PyModule>)>, report: &mut Report)
             let started = tx.clone();
             let ((), diagnostics) = loader::collect_diagnostics(|| {
                 Python::attach(|py| {
-                    loader::cleanup_modules(py, &modules, &|id| {
-                        let _ = started.send(Progress::Started(id.clone()));
+                    loader::cleanup_modules(py, &modules, &|step| {
+                        let module = match step {
+                            loader::CleanupStep::Module(id) => Some(id.clone()),
+                            loader::CleanupStep::AtExit => None,
+                        };
+                        let _ = started.send(Progress::Started(module, step.to_string()));
                     })
                 })
             });
@@ -1136,10 +1141,10 @@ fn cleanup(modules: Vec<(loader::ModuleRef, Py<PyModule>)>, report: &mut Report)
         return;
     }
     let deadline = Instant::now() + CLEANUP_DEADLINE;
-    let mut current = None;
+    let mut current: (Option<loader::ModuleRef>, String) = (None, "metric_cleanup".to_owned());
     loop {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(Progress::Started(id)) => current = Some(id),
+            Ok(Progress::Started(id, step)) => current = (id, step),
             Ok(Progress::Done(diagnostics)) => {
                 report
                     .problems
@@ -1147,13 +1152,14 @@ fn cleanup(modules: Vec<(loader::ModuleRef, Py<PyModule>)>, report: &mut Report)
                 return;
             }
             Err(_) => {
+                let (module, step) = &current;
                 report.problems.push(Problem {
                     severity: Severity::Error,
-                    module: current.as_ref().map(|m: &loader::ModuleRef| m.name.clone()),
-                    file: current.as_ref().map(|m| m.path.clone()),
+                    module: module.as_ref().map(|m: &loader::ModuleRef| m.name.clone()),
+                    file: module.as_ref().map(|m| m.path.clone()),
                     metric: None,
                     message: format!(
-                        "metric_cleanup did not return within {}s; gmond goes on without waiting for it",
+                        "{step} did not return within {}s; gmond goes on without waiting for it",
                         CLEANUP_DEADLINE.as_secs()
                     ),
                 });

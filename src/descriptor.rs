@@ -426,6 +426,7 @@ pub fn check(entries: &[(String, Field)]) -> Checked {
         extra,
         callback_key,
     };
+    fit_in_xml_lines(&mut descriptor, &mut out.warnings);
     match fit_in_packet(&mut descriptor) {
         Ok(None) => {}
         Ok(Some(note)) => out.warnings.push(note),
@@ -590,6 +591,55 @@ pub fn check_format(format: &str, value_type: ValueType) -> Result<(), String> {
     Ok(())
 }
 
+/// gmond writes its XML through a 1024-byte line buffer: a longer
+/// `<METRIC …>` or `<EXTRA_ELEMENT …/>` line is cut off and the whole
+/// host's XML stops parsing, for gmetad too. These limits keep every line
+/// short of it (the rest of a line is at most ~130 bytes of markup, a
+/// 251-byte name and an escaped 63-byte value).
+pub const MAX_UNITS_BYTES: usize = 200;
+/// Key and value of one metadata entry together (DESC, GROUP, extra keys).
+pub const MAX_METADATA_BYTES: usize = 900;
+
+fn shorten(text: &mut String, max: usize, what: &str, warnings: &mut Vec<String>) {
+    if text.len() > max {
+        warnings.push(format!(
+            "{what} is {} bytes long; cut to {max}, as gmond's XML lines must stay under 1024",
+            text.len()
+        ));
+        let cut = crate::text::truncate_utf8(text, max).len();
+        text.truncate(cut);
+    }
+}
+
+fn fit_in_xml_lines(d: &mut MetricDescriptor, warnings: &mut Vec<String>) {
+    shorten(&mut d.units, MAX_UNITS_BYTES, "units", warnings);
+    shorten(
+        &mut d.description,
+        MAX_METADATA_BYTES - "DESC".len(),
+        "the description",
+        warnings,
+    );
+    for group in &mut d.groups {
+        shorten(
+            group,
+            MAX_METADATA_BYTES - "GROUP".len(),
+            "a group name",
+            warnings,
+        );
+    }
+    d.extra.retain(|(key, _)| {
+        let keep = key.len() <= MAX_METADATA_BYTES / 2;
+        if !keep {
+            warnings.push(format!("an extra key {} bytes long was dropped", key.len()));
+        }
+        keep
+    });
+    for (key, value) in &mut d.extra {
+        let room = MAX_METADATA_BYTES - key.len();
+        shorten(value, room, &format!("extra key '{key}'"), warnings);
+    }
+}
+
 /// Bytes of one XDR string: length word plus data padded to 4 bytes.
 fn xdr_string(len: usize) -> usize {
     4 + len.div_ceil(4) * 4
@@ -657,10 +707,12 @@ fn likely_misspelling(key: &str) -> Option<&'static str> {
     if lower.len() < 4 {
         return None;
     }
-    KNOWN_KEYS
-        .iter()
-        .copied()
-        .find(|known| edit_distance(&lower, known) <= 2 || lower.replace(['-', ' '], "_") == *known)
+    // Short words are close to each other by chance ("note" is two edits
+    // from "name"): they get one edit, longer ones two.
+    let allowed = if lower.len() < 6 { 1 } else { 2 };
+    KNOWN_KEYS.iter().copied().find(|known| {
+        edit_distance(&lower, known) <= allowed || lower.replace(['-', ' '], "_") == *known
+    })
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -907,7 +959,11 @@ mod tests {
         let c = check(&d);
         let m = c.result.expect("description should be shortened");
         assert!(metadata_packet_size(&m) <= 1464);
-        assert!(c.warnings.iter().any(|w| w.contains("shortened")));
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("cut to") || w.contains("shortened"))
+        );
 
         let mut d = seed_descriptor();
         for i in 0..40 {
@@ -922,6 +978,41 @@ mod tests {
                 .unwrap()
                 .contains("more than one gmond packet")
         );
+    }
+
+    #[test]
+    fn long_texts_are_cut_to_fit_gmonds_xml_lines() {
+        let mut d = seed_descriptor();
+        d.retain(|(k, _)| k != "description" && k != "units");
+        d.push(entry("description", s(&"d".repeat(995))));
+        d.push(entry("units", s(&"u".repeat(300))));
+        let c = check(&d);
+        let m = c.result.expect("descriptor");
+        assert!(m.description.len() <= MAX_METADATA_BYTES);
+        assert_eq!(m.units.len(), MAX_UNITS_BYTES);
+        assert!(
+            c.warnings
+                .iter()
+                .filter(|w| w.contains("XML lines"))
+                .count()
+                == 2,
+            "{:?}",
+            c.warnings
+        );
+
+        let mut d = seed_descriptor();
+        d.push(entry("note", s(&"é".repeat(600))));
+        let c = check(&d);
+        let m = c.result.expect("descriptor");
+        let note = &m.extra.iter().find(|(k, _)| k == "note").expect("note").1;
+        assert!("note".len() + note.len() <= MAX_METADATA_BYTES && note.chars().all(|c| c == 'é'));
+        assert_eq!(
+            c.warnings.len(),
+            1,
+            "'note' is not a misspelling: {:?}",
+            c.warnings
+        );
+        assert!(c.warnings[0].contains("cut to"), "{:?}", c.warnings);
     }
 
     #[test]

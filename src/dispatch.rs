@@ -60,9 +60,17 @@ pub enum Failed {
 }
 
 impl Failed {
-    fn raised(py: Python<'_>, err: &PyErr) -> Failed {
-        let detail = errors::describe(py, err);
+    /// Describes and then releases the exception inside the failing call's
+    /// own context: its traceback keeps the call's frames alive, and
+    /// whatever their release runs (a `__del__`, a cycle the collector
+    /// finds) must not run, hang or be blamed inside another module's call.
+    fn raised(py: Python<'_>, err: PyErr) -> Failed {
+        let detail = errors::describe(py, &err);
         let summary = detail.lines().last().unwrap_or_default().to_owned();
+        drop(err);
+        if let Ok(gc) = py.import("gc") {
+            let _ = gc.call_method1("collect", (0,));
+        }
         Failed::Raised { summary, detail }
     }
 
@@ -99,16 +107,32 @@ pub fn invoke(
     target: &CallTarget,
 ) -> Result<Value, Result<PyErr, ConversionError>> {
     let _scope = stdio::ModuleScope::enter(&target.module_name);
-    match target.callback.bind(py).call1((target.py_name.bind(py),)) {
+    let result = match target.callback.bind(py).call1((target.py_name.bind(py),)) {
         Ok(obj) => value::convert(&extract::returned(&obj), target.value_type).map_err(Err),
         Err(err) => Err(Ok(err)),
+    };
+    after_call(py);
+    result
+}
+
+/// Undoes what a call may leave in the calling thread's interpreter state,
+/// which the next module's call would inherit: `sys.settrace` and
+/// `sys.setprofile` hooks. And a call that forked a copy of gmond (the
+/// child returns here, holding gmond's sockets) ends that copy.
+fn after_call(_py: Python<'_>) {
+    crate::python::fork_guard::exit_if_forked();
+    // SAFETY: the GIL is held (we have a `Python` token); clearing this
+    // thread's trace and profile functions takes no other precondition.
+    unsafe {
+        pyo3::ffi::PyEval_SetTrace(None, std::ptr::null_mut());
+        pyo3::ffi::PyEval_SetProfile(None, std::ptr::null_mut());
     }
 }
 
 /// [`invoke`], with any failure described while the GIL is still held.
 fn invoke_described(py: Python<'_>, target: &CallTarget) -> Result<Value, Failed> {
     invoke(py, target).map_err(|failure| match failure {
-        Ok(err) => Failed::raised(py, &err),
+        Ok(err) => Failed::raised(py, err),
         Err(conversion) => Failed::Value(conversion),
     })
 }
@@ -116,16 +140,22 @@ fn invoke_described(py: Python<'_>, target: &CallTarget) -> Result<Value, Failed
 /// An inline call on gmond's thread, under the watchdog's deadline.
 pub fn call_inline(target: &CallTarget, index: usize, deadline: Duration) -> Outcome {
     let started = cycles::now();
-    let guard = interrupt::arm(deadline, interrupt::CallLabel::Metric(index));
+    let guard = interrupt::arm(deadline, index);
     let result = Python::attach(|py| match invoke(py, target) {
         Ok(value) => Some(Ok(value)),
         // A deadline exception is ours, not the module's.
         Err(Ok(err)) if interrupt::is_deadline(py, &err) => None,
-        Err(Ok(err)) => Some(Err(Failed::raised(py, &err))),
+        Err(Ok(err)) => Some(Err(Failed::raised(py, err))),
         Err(Err(conversion)) => Some(Err(Failed::Value(conversion))),
     });
+    // A call the watchdog had to interrupt is late even if the module
+    // caught the exception and returned something afterwards.
+    let fired = guard.fired();
     drop(guard);
     match result {
+        _ if fired => Outcome::TimedOut(Duration::from_secs_f64(cycles::seconds(
+            cycles::now().wrapping_sub(started),
+        ))),
         Some(Ok(value)) => Outcome::Value(value),
         Some(Err(failed)) => Outcome::Failed(failed),
         None => Outcome::TimedOut(Duration::from_secs_f64(cycles::seconds(
@@ -133,6 +163,11 @@ pub fn call_inline(target: &CallTarget, index: usize, deadline: Duration) -> Out
         ))),
     }
 }
+
+/// Stack for threads that run module code: Python's recursion limit is
+/// sized for a main thread's 8 MiB, not Rust's 2 MiB default, and a module
+/// raising the limit must hit RecursionError, not a stack overflow.
+pub const PYTHON_THREAD_STACK: usize = 16 * 1024 * 1024;
 
 // Worker slot states.
 const IDLE: u32 = 0;
@@ -198,6 +233,7 @@ impl Worker {
         let worker_slot = Arc::clone(&slot);
         let handle = thread::Builder::new()
             .name("modpython-call".to_owned())
+            .stack_size(PYTHON_THREAD_STACK)
             .spawn(move || {
                 crate::signals::block_in_this_thread();
                 worker_loop(&worker_slot, &targets)

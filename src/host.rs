@@ -28,6 +28,9 @@ const REPEAT_LOG_EVERY: Duration = Duration::from_secs(600);
 const BACKOFF_AFTER: u32 = 3;
 /// The first pause of a backed-off handler; it doubles up to `retry_max_interval`.
 const BACKOFF_FIRST: Duration = Duration::from_secs(10);
+/// gmond's signal handlers are checked (4 system calls) at most once a
+/// second, looking at the clock every this many handler calls.
+const SIGNAL_CHECK_EVERY: u32 = 8;
 /// How long gmond's shutdown waits for all `metric_cleanup()` calls.
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -91,6 +94,8 @@ pub struct Host {
     table: MetricTable,
     settings: HostSettings,
     cleaned_up: bool,
+    calls_since_signal_check: u32,
+    last_signal_check: Instant,
 }
 
 static HOST: OnceCell<Mutex<Host>> = OnceCell::new();
@@ -115,6 +120,7 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
     }
     let dir = gmond_config::check_module_dir(input.module_dir.as_deref())?;
     crate::signals::remember_gmond_handlers();
+    crate::signals::defuse_stray_signals();
     cycles::start();
     python::start()?;
     crate::signals::restore_if_changed("starting Python");
@@ -232,6 +238,8 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
         table,
         settings,
         cleaned_up: false,
+        calls_since_signal_check: 0,
+        last_signal_check: Instant::now(),
     };
     if HOST.set(Mutex::new(state)).is_err() {
         return Err("modpython was initialised twice at once".to_owned());
@@ -321,6 +329,23 @@ impl Host {
         };
         let state = &mut self.module_states[module];
         state.stats.calls += 1;
+        // A call can also take a signal from gmond (signal.signal in inline
+        // mode, faulthandler.register from any thread); look now and then.
+        self.calls_since_signal_check += 1;
+        let look = self.calls_since_signal_check >= SIGNAL_CHECK_EVERY;
+        if look {
+            self.calls_since_signal_check = 0;
+        }
+        if look && self.last_signal_check.elapsed() >= Duration::from_secs(1) {
+            self.last_signal_check = Instant::now();
+            for problem in crate::signals::restore_changed() {
+                log::warn!(
+                    "{}: {problem} (noticed after its call of metric '{}')",
+                    state.id,
+                    self.metrics[index].name
+                );
+            }
+        }
         state.ticks += cycles::now().wrapping_sub(started);
         let retry_max = self.settings.retry_max_interval;
         let metric = &mut self.metrics[index];
@@ -507,16 +532,17 @@ pub fn cleanup() {
         .collect();
     let count = modules.len();
     drop(host);
-    // The cleanup thread reports each module it starts, then None when done.
-    let (progress_tx, progress_rx) = std::sync::mpsc::channel::<Option<loader::ModuleRef>>();
+    // The cleanup thread reports each step it starts, then None when done.
+    let (progress_tx, progress_rx) = std::sync::mpsc::channel::<Option<String>>();
     let spawned = std::thread::Builder::new()
         .name("modpython-cleanup".to_owned())
+        .stack_size(dispatch::PYTHON_THREAD_STACK)
         .spawn(move || {
             crate::signals::block_in_this_thread();
             let tx = progress_tx.clone();
             Python::attach(|py| {
-                loader::cleanup_modules(py, &modules, &|id| {
-                    let _ = tx.send(Some(id.clone()));
+                loader::cleanup_modules(py, &modules, &|step| {
+                    let _ = tx.send(Some(step.to_string()));
                 })
             });
             let _ = progress_tx.send(None);
@@ -526,17 +552,14 @@ pub fn cleanup() {
         return;
     }
     let deadline = Instant::now() + CLEANUP_DEADLINE;
-    let mut current: Option<loader::ModuleRef> = None;
+    let mut current = "metric_cleanup".to_owned();
     loop {
         match progress_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(Some(id)) => current = Some(id),
+            Ok(Some(step)) => current = step,
             Ok(None) => break,
             Err(_) => {
                 log::error!(
-                    "{}: metric_cleanup did not return within {}s; gmond goes on without waiting for it",
-                    current
-                        .map(|m| m.to_string())
-                        .unwrap_or_else(|| "a module".to_owned()),
+                    "{current} did not return within {}s; gmond goes on without waiting for it",
                     CLEANUP_DEADLINE.as_secs()
                 );
                 return;

@@ -85,3 +85,36 @@ pub fn block_in_this_thread() {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
+
+/// Signals gmond leaves at their default action, which is to kill the
+/// process, and that module code plausibly raises: `signal.alarm()` and
+/// `setitimer` timeouts written for a main thread, profilers, and stray
+/// `kill -USR1`. Each gets a handler that does nothing, unless it already
+/// has one. (A handler, not SIG_IGN: an ignored signal would stay ignored in
+/// every program a module starts.)
+const STRAY: [libc::c_int; 5] = [
+    libc::SIGALRM,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+extern "C" fn ignore_signal(_signal: libc::c_int) {}
+
+pub fn defuse_stray_signals() {
+    for signal in STRAY {
+        if current(signal).sa_sigaction != libc::SIG_DFL {
+            continue;
+        }
+        // SAFETY: installs an async-signal-safe handler that does nothing,
+        // with SA_RESTART so gmond's own system calls are not interrupted.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+}

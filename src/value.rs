@@ -223,10 +223,15 @@ fn to_text(returned: &Returned) -> Result<String, ConversionError> {
         Returned::Int(None) => return fail("the callback returned an int too large to print"),
         Returned::Float(x) => python_float_repr(*x),
         Returned::Str(s) => s.clone(),
+        Returned::Other { type_name, .. } if UNFINISHED.contains(&type_name.as_str()) => {
+            return fail(format!(
+                "the callback returned a {type_name}: it is a generator or async function, but gmond needs a plain function that returns the value"
+            ));
+        }
         Returned::Other { text: Some(t), .. } => t.clone(),
         Returned::Other { type_name, .. } => {
             return fail(format!(
-                "the callback returned an object of type {type_name} that str() fails on"
+                "the callback returned an object of type {type_name}, which is not a value for a string metric"
             ));
         }
     };
@@ -241,6 +246,10 @@ fn short(x: f64) -> String {
         format!("{x}")
     }
 }
+
+/// What a generator or `async def` callback returns instead of a value;
+/// their `str()` is a memory address, never a metric value.
+const UNFINISHED: [&str; 3] = ["coroutine", "generator", "async_generator"];
 
 /// `str(float)` as Python writes it for the common cases (`2.5`, `3.0`).
 fn python_float_repr(x: f64) -> String {
@@ -379,6 +388,12 @@ mod tests {
             as_float: None,
         };
         assert!(err(dict, ValueType::Uint).contains("type dict"));
+        let coroutine = Returned::Other {
+            type_name: "coroutine".into(),
+            text: Some("<coroutine object f at 0x7f00>".into()),
+            as_float: None,
+        };
+        assert!(err(coroutine, ValueType::String).contains("async function"));
     }
 
     #[test]

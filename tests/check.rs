@@ -606,7 +606,7 @@ fn a_metric_init_that_never_returns_is_cut_off_at_init_timeout() {
     assert_eq!(run.code, Some(1), "{run}");
     let problem = run.problem("forever");
     assert!(
-        problem.contains("metric_init did not finish within init_timeout and was interrupted"),
+        problem.contains("import or metric_init did not finish within init_timeout"),
         "{run}"
     );
     run.assert_has("1 module(s) loaded, 1 failed, 1 metric(s)");

@@ -336,7 +336,7 @@ collection_group { collect_every = 1 time_threshold = 1 metric { name = "quick_s
     let line = error_line(&g, "module 'slow_init'");
     gmond_assert!(
         g,
-        line.contains("metric_init did not finish within init_timeout and was interrupted")
+        line.contains("import or metric_init did not finish within init_timeout (1s)")
             && line.contains("slow_init.py"),
         "unexpected error line: {line}"
     );

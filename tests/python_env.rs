@@ -280,7 +280,9 @@ def metric_cleanup():
 
 /// A module that installs its own SIGTERM handler: the host restores
 /// gmond's and says so, and SIGTERM still stops gmond cleanly (with
-/// metric_cleanup run).
+/// metric_cleanup run). Python allows `signal.signal()` only on the main
+/// thread, where only inline modules run their code (in protected mode,
+/// the default, the call simply raises).
 #[test]
 fn module_cannot_take_sigterm_from_gmond() {
     let marker_dir = common::TempDir::new();
@@ -295,6 +297,7 @@ modules {{
   module {{
     name = "sigtrap"
     language = "python"
+    param "modpython.call_mode" {{ value = "inline" }}
     param marker {{ value = "{}" }}
   }}
 }}

@@ -91,6 +91,15 @@ fn other(obj: &Bound<'_, PyAny>) -> Returned {
 
 /// One descriptor value.
 pub fn field(obj: &Bound<'_, PyAny>) -> Field {
+    field_at(obj, 0)
+}
+
+/// Lists in descriptors are one level deep (`groups`); deeper nesting, or a
+/// list that contains itself, is not followed (it would only overflow the
+/// stack), and is reported as what it is.
+const MAX_LIST_DEPTH: usize = 2;
+
+fn field_at(obj: &Bound<'_, PyAny>, depth: usize) -> Field {
     if obj.is_none() {
         return Field::None;
     }
@@ -109,10 +118,15 @@ pub fn field(obj: &Bound<'_, PyAny>) -> Field {
     if obj.is_callable() {
         return Field::Callable;
     }
-    if obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>() {
+    if (obj.is_instance_of::<PyList>() || obj.is_instance_of::<PyTuple>()) && depth < MAX_LIST_DEPTH
+    {
         let items = obj
             .try_iter()
-            .map(|it| it.filter_map(Result::ok).map(|item| field(&item)).collect())
+            .map(|it| {
+                it.filter_map(Result::ok)
+                    .map(|item| field_at(&item, depth + 1))
+                    .collect()
+            })
             .unwrap_or_default();
         return Field::List(items);
     }

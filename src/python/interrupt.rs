@@ -15,8 +15,8 @@
 //! arrives after its call ended is ignored by the handler, so it can never
 //! hit the next, innocent call.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -101,58 +101,44 @@ pub fn is_deadline(py: Python<'_>, err: &PyErr) -> bool {
 }
 
 /// Marks an inline call in flight until the guard is dropped.
-pub struct Armed(());
+pub struct Armed(u64);
 
-/// What an armed call is, for the watchdog's log line.
-#[derive(Clone, Copy)]
-pub enum CallLabel {
-    /// The metric with this index (see [`set_metric_labels`]).
-    Metric(usize),
-    /// A module's import and metric_init (see [`set_init_label`]).
-    Init,
+impl Armed {
+    /// Whether the watchdog signalled this call (it ran past its deadline).
+    pub fn fired(&self) -> bool {
+        TARGET.load(Ordering::SeqCst) == self.0
+    }
 }
 
-const INIT_INDEX: usize = usize::MAX;
-static LABEL_INDEX: AtomicUsize = AtomicUsize::new(INIT_INDEX);
+/// The `arm` index of a module's import and metric_init (inline modules).
+pub const INIT: usize = usize::MAX;
+
+static LABEL_INDEX: AtomicUsize = AtomicUsize::new(INIT);
 static METRIC_LABELS: OnceLock<Vec<String>> = OnceLock::new();
-static INIT_LABEL: Mutex<String> = Mutex::new(String::new());
 
 /// Names the metrics by index, once they are known ("module 'x' (…): metric 'y'").
 pub fn set_metric_labels(labels: Vec<String>) {
     let _ = METRIC_LABELS.set(labels);
 }
 
-/// Names the module whose import and metric_init run next.
-pub fn set_init_label(label: String) {
-    *INIT_LABEL.lock().unwrap_or_else(|p| p.into_inner()) = label;
-}
-
 fn label_of_current() -> String {
-    match LABEL_INDEX.load(Ordering::SeqCst) {
-        INIT_INDEX => format!(
-            "{}: import or metric_init",
-            INIT_LABEL.lock().unwrap_or_else(|p| p.into_inner())
-        ),
-        i => METRIC_LABELS
-            .get()
-            .and_then(|l| l.get(i).cloned())
-            .unwrap_or_else(|| format!("metric index {i}")),
+    let i = LABEL_INDEX.load(Ordering::SeqCst);
+    if i == INIT {
+        return "an inline module's import or metric_init".to_owned();
     }
+    METRIC_LABELS
+        .get()
+        .and_then(|l| l.get(i).cloned())
+        .unwrap_or_else(|| format!("metric index {i}"))
 }
 
-/// Arms the watchdog for one inline call. Costs a few atomic stores.
-pub fn arm(deadline: Duration, label: CallLabel) -> Armed {
+/// Arms the watchdog for one inline call of metric `index`. Costs a few atomic stores.
+pub fn arm(deadline: Duration, index: usize) -> Armed {
     let seq = NEXT_SEQ.fetch_add(1, Ordering::Relaxed);
     DEADLINE_MS.store(deadline.as_millis() as u64, Ordering::Relaxed);
-    LABEL_INDEX.store(
-        match label {
-            CallLabel::Metric(i) => i,
-            CallLabel::Init => INIT_INDEX,
-        },
-        Ordering::Relaxed,
-    );
+    LABEL_INDEX.store(index, Ordering::Relaxed);
     IN_FLIGHT.store(seq, Ordering::SeqCst);
-    Armed(())
+    Armed(seq)
 }
 
 impl Drop for Armed {

@@ -14,7 +14,7 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use super::{errors, extract};
 use crate::descriptor::{self, MetricDescriptor};
 use crate::gmond_config::{ModuleBlock, Selection, select_block};
-use crate::settings::{self, HostSettings, ModuleOverrides};
+use crate::settings::{self, CallMode, HostSettings, ModuleOverrides};
 use crate::{permissions, signals};
 
 /// A Python file found in the params directory.
@@ -252,8 +252,10 @@ pub fn load_all(
 
     let mut loaded = Loaded::default();
     let mut owners: HashMap<String, ModuleRef> = HashMap::new();
+    let shadowed = case_twins(&files, blocks);
     for file in &files {
         let block = match select_block(blocks, &file.stem) {
+            Selection::Enabled(_) if shadowed.contains(&file.path) => continue,
             Selection::Enabled(block) => block,
             Selection::Disabled => {
                 log::info!(
@@ -287,16 +289,25 @@ pub fn load_all(
         for problem in problems {
             report(log::Level::Warn, Some(&id), None, problem);
         }
-        // Import and metric_init run on gmond's thread, before it serves
-        // anything: a module hanging here would hold up gmond's start, so the
-        // inline watchdog (python::interrupt) bounds them too.
-        super::interrupt::set_init_label(id.to_string());
-        let armed = super::interrupt::arm(
-            options.settings.init_timeout,
-            super::interrupt::CallLabel::Init,
-        );
-        let result = load_module(py, dir, &id, block);
-        drop(armed);
+        let inline = overrides.call_mode.unwrap_or(options.settings.call_mode) == CallMode::Inline;
+        let result = if inline {
+            // Inline modules run on gmond's thread throughout, where Python
+            // allows signal.signal(); the watchdog interrupts a late init.
+            let armed =
+                super::interrupt::arm(options.settings.init_timeout, super::interrupt::INIT);
+            let result = load_module(py, dir, &id, block);
+            let late = armed.fired();
+            drop(armed);
+            match result {
+                Err(why) if late => Err(format!(
+                    "import or metric_init did not finish within init_timeout ({:.0}s) and was interrupted: {why}",
+                    options.settings.init_timeout.as_secs_f64()
+                )),
+                other => other,
+            }
+        } else {
+            load_with_deadline(py, dir, &id, block, options.settings.init_timeout)
+        };
         match result {
             Ok((module, results)) => {
                 let index = loaded.modules.len();
@@ -417,6 +428,55 @@ fn add_to_sys_path(py: Python<'_>, dir: &Path) -> PyResult<()> {
     Ok(())
 }
 
+/// Runs [`load_module`] on a thread of its own and waits at most `deadline`
+/// for it. gmond runs `init` before it serves anything, so a module whose
+/// import or `metric_init` never returns — waiting for a service, with a
+/// bare `except:` around the retry that no interruption gets past — would
+/// keep gmond from starting. Past the deadline the module is skipped and
+/// its thread left to finish in the background. (Python also refuses
+/// `signal.signal()` there, so a module cannot take gmond's signals in
+/// `metric_init` either.)
+fn load_with_deadline(
+    py: Python<'_>,
+    dir: &Path,
+    id: &ModuleRef,
+    block: &ModuleBlock,
+    deadline: std::time::Duration,
+) -> Result<(Py<PyModule>, Vec<LoadedMetric>), String> {
+    let collecting = COLLECTOR.with(|c| c.borrow().is_some());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (dir_owned, id_owned, block_owned) = (dir.to_path_buf(), id.clone(), block.clone());
+    let spawned = std::thread::Builder::new()
+        .name("modpython-init".to_owned())
+        .stack_size(crate::dispatch::PYTHON_THREAD_STACK)
+        .spawn(move || {
+            signals::block_in_this_thread();
+            let load = || Python::attach(|py| load_module(py, &dir_owned, &id_owned, &block_owned));
+            let outcome = if collecting {
+                collect_diagnostics(load)
+            } else {
+                (load(), Vec::new())
+            };
+            let _ = tx.send(outcome);
+        });
+    if spawned.is_err() {
+        return load_module(py, dir, id, block);
+    }
+    match py.detach(move || rx.recv_timeout(deadline)) {
+        Ok((result, diagnostics)) => {
+            // Problems found on the loading thread join this thread's report.
+            for d in diagnostics {
+                report(d.level, d.module.as_ref(), d.metric.as_deref(), d.message);
+            }
+            result
+        }
+        Err(_) => Err(format!(
+            "import or metric_init did not finish within init_timeout ({:.0}s); the module is skipped and its code left to finish in the background",
+            deadline.as_secs_f64()
+        )),
+    }
+}
+
 /// Imports one module and runs its `metric_init`. An `Err` means the module
 /// is skipped; problems with single metrics are logged and only skip those.
 fn load_module(
@@ -438,13 +498,8 @@ fn load_module(
         let hint = errors::python2_hint(py, &e)
             .map(|h| format!(" ({h})"))
             .unwrap_or_default();
-        let what = if super::interrupt::is_deadline(py, &e) {
-            "import did not finish within init_timeout and was interrupted"
-        } else {
-            "import failed"
-        };
         format!(
-            "{what}; the module is skipped{hint}\n{}",
+            "import failed; the module is skipped{hint}\n{}",
             errors::describe(py, &e)
         )
     })?;
@@ -477,15 +532,13 @@ fn load_module(
     }
 
     let result = init.call1((params,)).map_err(|e| {
-        let what = if super::interrupt::is_deadline(py, &e) {
-            "metric_init did not finish within init_timeout and was interrupted"
+        let detail = errors::describe(py, &e);
+        let hint = if detail.contains("signal only works in main thread") {
+            " (module code runs off gmond's main thread, where Python refuses signal.signal(); gmond's signals are gmond's, but param \"modpython.call_mode\" { value = \"inline\" } runs this module on the main thread)"
         } else {
-            "metric_init raised an exception"
+            ""
         };
-        format!(
-            "{what}; the module is skipped\n{}",
-            errors::describe(py, &e)
-        )
+        format!("metric_init raised an exception; the module is skipped{hint}\n{detail}")
     });
     // The module's code ran even if it failed: it still gets its cleanup.
     let module_ref: Py<PyModule> = module.clone().unbind();
@@ -665,14 +718,15 @@ fn descriptor_to_metric(
 pub fn cleanup_modules(
     py: Python<'_>,
     modules: &[(ModuleRef, Py<PyModule>)],
-    progress: &dyn Fn(&ModuleRef),
+    progress: &dyn Fn(CleanupStep<'_>),
 ) {
     for (id, module) in modules {
-        progress(id);
+        progress(CleanupStep::Module(id));
         call_cleanup(py, id, module.bind(py).as_any());
     }
     // Python is never finalised (a non-daemon thread would hang gmond's exit
     // forever), so run the atexit hooks modules registered ourselves.
+    progress(CleanupStep::AtExit);
     if let Err(e) = py
         .import("atexit")
         .and_then(|m| m.call_method0("_run_exitfuncs"))
@@ -684,6 +738,58 @@ pub fn cleanup_modules(
             .import("sys")
             .and_then(|s| s.getattr(stream))
             .and_then(|s| s.call_method0("flush"));
+    }
+}
+
+/// Files a module block names only by ignoring case (`Foo.py` and `foo.py`
+/// for `name = "foo"`): one block loads one file, the one spelt like the
+/// block, or else the first; the others are reported and left alone.
+fn case_twins(files: &[PythonFile], blocks: &[ModuleBlock]) -> Vec<PathBuf> {
+    let mut skipped = Vec::new();
+    for block in blocks.iter().filter(|b| b.is_python() && b.enabled) {
+        let named: Vec<&PythonFile> = files.iter().filter(|f| block.names(&f.stem)).collect();
+        if named.len() < 2 {
+            continue;
+        }
+        let wanted = block.name.as_deref().unwrap_or_default();
+        let chosen = named.iter().find(|f| f.stem == wanted).unwrap_or(&named[0]);
+        for other in named.iter().filter(|f| f.path != chosen.path) {
+            if skipped.contains(&other.path) {
+                continue;
+            }
+            report(
+                log::Level::Warn,
+                None,
+                None,
+                format!(
+                    "{} is not loaded: the module block '{wanted}' already loads {} (the names differ only in case); rename or remove one",
+                    other.path.display(),
+                    chosen.path.display()
+                ),
+            );
+            skipped.push(other.path.clone());
+        }
+    }
+    skipped
+}
+
+/// What the cleanup is doing, for a report when it does not finish.
+#[derive(Debug, Clone, Copy)]
+pub enum CleanupStep<'a> {
+    /// A module's `metric_cleanup()`.
+    Module(&'a ModuleRef),
+    /// The `atexit` handlers modules registered.
+    AtExit,
+}
+
+impl fmt::Display for CleanupStep<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CleanupStep::Module(id) => write!(f, "{id}: metric_cleanup"),
+            CleanupStep::AtExit => {
+                f.write_str("the Python atexit handlers that modules registered")
+            }
+        }
     }
 }
 

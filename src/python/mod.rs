@@ -5,6 +5,7 @@
 
 pub mod errors;
 pub mod extract;
+pub mod fork_guard;
 pub mod ganglia;
 pub mod interrupt;
 pub mod loader;
@@ -58,6 +59,9 @@ fn start_interpreter() -> Result<(), String> {
     // print, sys.stderr and the logging package go to gmond's log.
     if let Err(e) = Python::attach(|py| ganglia::install(py, crate::gmond_log::debug_level() > 1)) {
         log::warn!("module output (print, logging) will not reach gmond's log: {e}");
+    }
+    if let Err(e) = Python::attach(fork_guard::install) {
+        log::warn!("cannot watch for os.fork() in module code: {e}");
     }
     // SAFETY: we hold the GIL (Py_InitializeFromConfig returned it to this
     // thread and Python::attach restored that state); gmond's thread keeps the
