@@ -19,7 +19,7 @@
 //!   it (kernel D state, a C loop) does stall gmond in this mode.
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
@@ -177,17 +177,19 @@ const DONE: u32 = 2;
 /// How long gmond's thread spins for a result before sleeping, and how long
 /// a worker spins for the next request before sleeping. Calls of one
 /// collection round arrive microseconds apart.
-const CALLER_SPIN: Duration = Duration::from_micros(50);
-const WORKER_SPIN: Duration = Duration::from_micros(100);
+const CALLER_SPIN: Duration = Duration::from_micros(5);
+const WORKER_SPIN: Duration = Duration::from_micros(10);
 /// How long a worker holding the GIL waits for the next call of a burst
 /// before releasing it (module threads and inline calls need it).
-const HOT_SPIN: Duration = Duration::from_micros(20);
+const HOT_SPIN: Duration = Duration::from_micros(10);
 
 /// The rendezvous between gmond's thread and one worker thread.
 struct Slot {
     state: AtomicU32,
-    index: AtomicUsize,
-    result: Mutex<Option<Result<Value, Failed>>>,
+    /// The metrics to call, in order (see [`Worker::call_batch`]).
+    batch: Mutex<Vec<usize>>,
+    /// Their results so far, in the same order.
+    results: Mutex<Vec<(usize, Result<Value, Failed>)>>,
     worker_asleep: AtomicBool,
     caller_asleep: AtomicBool,
     /// Set when gmond gave up on this worker's call: the worker exits once
@@ -218,13 +220,19 @@ impl Stuck {
     }
 }
 
+/// What a batch of calls produced; `stuck` when gmond stopped waiting.
+pub struct BatchReply {
+    pub results: Vec<(usize, Outcome)>,
+    pub stuck: Option<Stuck>,
+}
+
 impl Worker {
     /// Starts a worker for calls made from the current thread (gmond's).
     pub fn spawn(targets: Targets) -> std::io::Result<Worker> {
         let slot = Arc::new(Slot {
             state: AtomicU32::new(IDLE),
-            index: AtomicUsize::new(0),
-            result: Mutex::new(None),
+            batch: Mutex::new(Vec::new()),
+            results: Mutex::new(Vec::new()),
             worker_asleep: AtomicBool::new(false),
             caller_asleep: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
@@ -244,15 +252,34 @@ impl Worker {
         })
     }
 
-    /// Has the worker call metric `index`, waiting at most `deadline`. On
-    /// `Err`, the worker is stuck in the call and must not be used again.
+    /// One call, as a batch of one; `Err` when the worker got stuck in it.
     pub fn call(&self, index: usize, deadline: Duration) -> Result<Outcome, Stuck> {
+        let reply = self.call_batch(vec![index], deadline);
+        match reply.stuck {
+            Some(stuck) => Err(stuck),
+            None => Ok(reply
+                .results
+                .into_iter()
+                .next()
+                .map(|(_, outcome)| outcome)
+                .unwrap_or(Outcome::TimedOut(Duration::ZERO))),
+        }
+    }
+
+    /// Has the worker call the metrics of `batch`, in order, waiting at most
+    /// `deadline` for all of them. Handing a whole collection round's worth
+    /// of one module's calls over at once costs one wake-up instead of one
+    /// per call, which on these machines is most of the price (see the
+    /// module docs). When the deadline passes, the results so far come back
+    /// with `stuck` set, and the worker must not be used again.
+    pub fn call_batch(&self, batch: Vec<usize>, deadline: Duration) -> BatchReply {
         let slot = &self.slot;
-        slot.index.store(index, Ordering::Relaxed);
+        *slot.batch.lock().unwrap_or_else(|p| p.into_inner()) = batch.clone();
         slot.state.store(REQUESTED, Ordering::SeqCst);
         if slot.worker_asleep.load(Ordering::SeqCst) {
             self.thread.unpark();
         }
+        let mut stuck = None;
         if !spin_until(CALLER_SPIN, || slot.state.load(Ordering::SeqCst) == DONE) {
             // The clock is read only on this slow path; the spin is part of the wait.
             let started = Instant::now()
@@ -262,27 +289,35 @@ impl Worker {
             while slot.state.load(Ordering::SeqCst) != DONE {
                 let elapsed = started.elapsed();
                 if elapsed >= deadline {
-                    slot.caller_asleep.store(false, Ordering::SeqCst);
                     slot.abandoned.store(true, Ordering::SeqCst);
                     self.thread.unpark();
-                    return Err(Stuck {
+                    // The first call of the batch without a result is the stuck one.
+                    let done = slot.results.lock().unwrap_or_else(|p| p.into_inner()).len();
+                    stuck = Some(Stuck {
                         slot: Arc::clone(slot),
-                        index,
+                        index: batch.get(done).copied().unwrap_or_default(),
                         since: started,
                     });
+                    break;
                 }
                 thread::park_timeout(deadline - elapsed);
             }
             slot.caller_asleep.store(false, Ordering::SeqCst);
         }
-        let result = slot.result.lock().unwrap_or_else(|p| p.into_inner()).take();
-        slot.state.store(IDLE, Ordering::SeqCst);
-        Ok(match result {
-            Some(Ok(value)) => Outcome::Value(value),
-            Some(Err(failed)) => Outcome::Failed(failed),
-            // Cannot happen: DONE is only set after the result is stored.
-            None => Outcome::TimedOut(Duration::ZERO),
-        })
+        let results = std::mem::take(&mut *slot.results.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_iter()
+            .map(|(index, result)| {
+                let outcome = match result {
+                    Ok(value) => Outcome::Value(value),
+                    Err(failed) => Outcome::Failed(failed),
+                };
+                (index, outcome)
+            })
+            .collect();
+        if stuck.is_none() {
+            slot.state.store(IDLE, Ordering::SeqCst);
+        }
+        BatchReply { results, stuck }
     }
 }
 
@@ -316,37 +351,47 @@ fn worker_loop(slot: &Slot, targets: &[CallTarget]) {
     // from one round to the next.
     Python::attach(|py| {
         loop {
-            // Between bursts the GIL is released, so module threads run.
+            // Between batches the GIL is released, so module threads run.
             let work = py.detach(|| wait_for_request(slot));
             if !work {
                 return;
             }
             loop {
-                let index = slot.index.load(Ordering::Relaxed);
-                // A panic must not kill the worker with the request pending:
-                // gmond's thread would take the module for hung.
-                let result = panic::catch_unwind(AssertUnwindSafe(|| match targets.get(index) {
-                    Some(target) => invoke_described(py, target),
-                    None => Err(Failed::Value(ConversionError(format!(
-                        "no metric with index {index}"
-                    )))),
-                }))
-                .unwrap_or_else(|_| {
-                    Err(Failed::Value(ConversionError(
-                        "internal error in modpython while making the call (please report it)"
-                            .to_owned(),
-                    )))
-                });
-                *slot.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+                let batch =
+                    std::mem::take(&mut *slot.batch.lock().unwrap_or_else(|p| p.into_inner()));
+                for index in batch.iter().copied() {
+                    // A panic must not kill the worker with the request
+                    // pending: gmond's thread would take the module for hung.
+                    let result =
+                        panic::catch_unwind(AssertUnwindSafe(|| match targets.get(index) {
+                            Some(target) => invoke_described(py, target),
+                            None => Err(Failed::Value(ConversionError(format!(
+                                "no metric with index {index}"
+                            )))),
+                        }))
+                        .unwrap_or_else(|_| {
+                            Err(Failed::Value(ConversionError(
+                            "internal error in modpython while making the call (please report it)"
+                                .to_owned(),
+                        )))
+                        });
+                    slot.results
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((index, result));
+                    if slot.abandoned.load(Ordering::SeqCst) {
+                        // gmond gave up on this batch: say the stuck call
+                        // has returned, and serve no more.
+                        slot.state.store(DONE, Ordering::SeqCst);
+                        return;
+                    }
+                }
                 slot.state.store(DONE, Ordering::SeqCst);
                 if slot.caller_asleep.load(Ordering::SeqCst) {
                     slot.caller.unpark();
                 }
-                if slot.abandoned.load(Ordering::SeqCst) {
-                    return;
-                }
-                // Keep the GIL for the next call of the same burst: giving it
-                // up and taking it back would cost more than the call.
+                // Keep the GIL for a request that follows at once (another
+                // module's batch in the same round).
                 if !spin_until(HOT_SPIN, || slot.state.load(Ordering::SeqCst) == REQUESTED) {
                     break;
                 }

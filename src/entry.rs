@@ -63,6 +63,8 @@ extern "C" fn init(pool: *mut apr_pool_t) -> c_int {
                 blocks: unsafe { gmond_config::read_module_blocks(config) },
                 // SAFETY: as above.
                 gmond_user: unsafe { gmond_config::read_gmond_user(config) },
+                // SAFETY: as above.
+                collected: unsafe { gmond_config::read_collected_metrics(config) },
                 // SAFETY: the pool gmond passes to init lives until gmond exits.
                 pool: unsafe { GmondPool::from_init(pool) },
             };

@@ -295,6 +295,9 @@ pub unsafe fn read_host_block(config: *mut ffi::cfg_t) -> Option<HostBlock> {
 /// named exactly, or whose name matches the regular expression.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CollectedMetric {
+    /// Which `collection_group` (in config order) the entry belongs to:
+    /// gmond collects a group's metrics together, one after the other.
+    pub group: usize,
     pub name: Option<String>,
     pub name_match: Option<String>,
 }
@@ -354,7 +357,11 @@ pub unsafe fn read_collected_metrics(config: *mut ffi::cfg_t) -> Vec<CollectedMe
                     owned(ffi::cfg_getstr(metric, c"name_match".as_ptr())),
                 )
             };
-            found.push(CollectedMetric { name, name_match });
+            found.push(CollectedMetric {
+                group: g as usize,
+                name,
+                name_match,
+            });
         }
     }
     found
@@ -508,6 +515,7 @@ mod tests {
     #[test]
     fn collection_groups_select_like_gmond() {
         let entry = |name: Option<&str>, name_match: Option<&str>| CollectedMetric {
+            group: 0,
             name: name.map(str::to_owned),
             name_match: name_match.map(str::to_owned),
         };

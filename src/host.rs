@@ -44,6 +44,9 @@ pub struct InitInput {
     pub blocks: Vec<ModuleBlock>,
     /// The user gmond drops to after init (`globals { setuid user }`).
     pub gmond_user: Option<String>,
+    /// Every `collection_group { metric { … } }` entry, to learn which of a
+    /// module's metrics gmond collects together.
+    pub collected: Vec<gmond_config::CollectedMetric>,
     /// The pool gmond passed to init.
     pub pool: GmondPool,
 }
@@ -55,6 +58,9 @@ struct MetricState {
     value_type: ValueType,
     /// Exactly what gmond got from the last successful call.
     last_good: Option<ffi::g_val_t>,
+    /// This round's outcome, made by the worker in a batch with a sibling
+    /// (see [`Host::protected_outcome`]); taken by the next call.
+    prefetched: Option<Outcome>,
     failure: Option<Failure>,
 }
 
@@ -89,6 +95,10 @@ pub struct Host {
     self_metrics: Vec<SelfMetric>,
     modules_failed: usize,
     targets: Targets,
+    /// The batch (index into `batches`) of each Python metric, if any.
+    batch_of: Vec<Option<usize>>,
+    /// Metrics of one module that one collection group collects together.
+    batches: Vec<Vec<usize>>,
     /// Makes protected calls; replaced when it gets stuck.
     worker: Option<Worker>,
     table: MetricTable,
@@ -161,6 +171,7 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
             name: m.descriptor.name.clone(),
             value_type: m.descriptor.value_type,
             last_good: None,
+            prefetched: None,
             failure: None,
         });
         targets.push(CallTarget {
@@ -219,6 +230,8 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
             .map(|m| format!("{}: metric '{}'", module_states[m.module].id, m.name))
             .collect(),
     );
+    let (batch_of, batches) =
+        Python::attach(|py| collection_batches(py, &metrics, &descriptors, &input.collected));
     let targets: Targets = Arc::new(targets);
     let needs_worker = module_states.iter().any(|m| m.mode == CallMode::Protected);
     let worker = if needs_worker {
@@ -234,6 +247,8 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
         self_metrics: self_metric_list,
         modules_failed: loaded.failed.len(),
         targets,
+        batch_of,
+        batches,
         worker,
         table,
         settings,
@@ -245,6 +260,52 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
         return Err("modpython was initialised twice at once".to_owned());
     }
     Ok(ptr)
+}
+
+/// Groups each module's metrics by the collection group that collects
+/// them, as gmond selects them (exact name, else case-insensitive prefix;
+/// `name_match` by regular expression, Python's `re` standing in for
+/// PCRE). gmond calls a group's metrics one after the other every round,
+/// so the first call of a round can have the worker make them all at once.
+/// A metric in no group, or in several (collected at different times), is
+/// called on its own.
+fn collection_batches(
+    py: Python<'_>,
+    metrics: &[MetricState],
+    descriptors: &[MetricDescriptor],
+    collected: &[gmond_config::CollectedMetric],
+) -> (Vec<Option<usize>>, Vec<Vec<usize>>) {
+    let names: Vec<&str> = descriptors.iter().map(|d| d.name.as_str()).collect();
+    let re = py.import("re").ok();
+    let search = |pattern: &str, name: &str| -> bool {
+        re.as_ref()
+            .and_then(|re| re.call_method1("search", (pattern, name)).ok())
+            .is_some_and(|m| !m.is_none())
+    };
+    let mut keys: Vec<(usize, usize)> = Vec::new();
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut batch_of = vec![None; metrics.len()];
+    for (i, metric) in metrics.iter().enumerate() {
+        let mut groups: Vec<usize> = collected
+            .iter()
+            .filter(|entry| entry.selects(&metric.name, &names, &search))
+            .map(|entry| entry.group)
+            .collect();
+        groups.dedup();
+        let [group] = groups[..] else { continue };
+        let key = (metric.module, group);
+        let b = match keys.iter().position(|k| *k == key) {
+            Some(b) => b,
+            None => {
+                keys.push(key);
+                batches.push(Vec::new());
+                batches.len() - 1
+            }
+        };
+        batches[b].push(i);
+        batch_of[i] = Some(b);
+    }
+    (batch_of, batches)
 }
 
 fn spawn_worker(targets: &Targets) -> Result<Worker, String> {
@@ -312,20 +373,7 @@ impl Host {
         let started = cycles::now();
         let outcome = match mode {
             CallMode::Inline => dispatch::call_inline(&self.targets[index], index, timeout),
-            CallMode::Protected => match self.protected_call(index, timeout) {
-                Ok(outcome) => outcome,
-                Err(stuck) => {
-                    let elapsed = stuck.since.elapsed();
-                    log::error!(
-                        "{}: metric '{}' did not return within {:.1}s; gmond keeps its last good value and the call is left to finish in the background; the module's metrics are not called until it does",
-                        self.module_states[module].id,
-                        self.metrics[index].name,
-                        elapsed.as_secs_f64()
-                    );
-                    self.module_states[module].stuck = Some(stuck);
-                    Outcome::TimedOut(elapsed)
-                }
-            },
+            CallMode::Protected => self.protected_outcome(index, timeout),
         };
         let state = &mut self.module_states[module];
         state.stats.calls += 1;
@@ -411,30 +459,63 @@ impl Host {
         true
     }
 
-    /// A call on the worker; when it gets stuck, a fresh worker takes over
-    /// so other modules are not held up.
-    fn protected_call(&mut self, index: usize, timeout: Duration) -> Result<Outcome, Stuck> {
+    /// The outcome of a protected call: made this round already, in a batch
+    /// with a sibling, or now — together with the siblings gmond will ask
+    /// for next in the same round, at the price of one hand-off.
+    fn protected_outcome(&mut self, index: usize, timeout: Duration) -> Outcome {
+        if let Some(outcome) = self.metrics[index].prefetched.take() {
+            return outcome;
+        }
+        let mut batch = vec![index];
+        if let Some(b) = self.batch_of[index] {
+            let now = Instant::now();
+            batch.extend(self.batches[b].iter().copied().filter(|&j| {
+                j != index
+                    && self.metrics[j]
+                        .failure
+                        .as_ref()
+                        .and_then(|f| f.retry_at)
+                        .is_none_or(|at| now >= at)
+            }));
+        }
+        let reply = match self.ensure_worker() {
+            Some(worker) => worker.call_batch(batch, timeout),
+            None => return dispatch::call_inline(&self.targets[index], index, timeout),
+        };
+        let mut mine = None;
+        for (j, outcome) in reply.results {
+            if j == index {
+                mine = Some(outcome);
+            } else {
+                self.metrics[j].prefetched = Some(outcome);
+            }
+        }
+        if let Some(stuck) = reply.stuck {
+            // The old worker stays with its call; it exits when the call returns.
+            self.worker = None;
+            let module = self.metrics[stuck.index].module;
+            let elapsed = stuck.since.elapsed();
+            log::error!(
+                "{}: metric '{}' did not return within {:.1}s; gmond keeps its last good value and the call is left to finish in the background; the module's metrics are not called until it does",
+                self.module_states[module].id,
+                self.metrics[stuck.index].name,
+                elapsed.as_secs_f64()
+            );
+            self.module_states[module].stuck = Some(stuck);
+            return mine.unwrap_or(Outcome::TimedOut(elapsed));
+        }
+        mine.unwrap_or(Outcome::TimedOut(Duration::ZERO))
+    }
+
+    /// The worker for protected calls, started again if the last one got stuck.
+    fn ensure_worker(&mut self) -> Option<&Worker> {
         if self.worker.is_none() {
             match spawn_worker(&self.targets) {
                 Ok(w) => self.worker = Some(w),
-                Err(e) => {
-                    log::error!("{e}; the call is made on gmond's thread instead");
-                    return Ok(dispatch::call_inline(&self.targets[index], index, timeout));
-                }
+                Err(e) => log::error!("{e}; the call is made on gmond's thread instead"),
             }
         }
-        let worker = self.worker.as_ref().expect("worker was just ensured");
-        match worker.call(index, timeout) {
-            Ok(outcome) => Ok(outcome),
-            Err(stuck) => {
-                // The old worker stays with its call; it exits when the call returns.
-                self.worker = None;
-                if let Ok(w) = spawn_worker(&self.targets) {
-                    self.worker = Some(w);
-                }
-                Err(stuck)
-            }
-        }
+        self.worker.as_ref()
     }
 }
 
