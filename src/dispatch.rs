@@ -139,28 +139,58 @@ fn invoke_described(py: Python<'_>, target: &CallTarget) -> Result<Value, Failed
 
 /// An inline call on gmond's thread, under the watchdog's deadline.
 pub fn call_inline(target: &CallTarget, index: usize, deadline: Duration) -> Outcome {
+    Python::attach(|py| inline_one(py, target, index, deadline))
+}
+
+/// Inline calls of `batch` (metrics of `targets`) in order, under one
+/// acquisition of the GIL, each with its own deadline. Stops after a call
+/// that ran late: the rest are left for gmond's own calls.
+pub fn call_inline_batch(
+    targets: &[CallTarget],
+    batch: &[usize],
+    deadline: Duration,
+) -> Vec<(usize, Outcome)> {
+    Python::attach(|py| {
+        let mut results = Vec::with_capacity(batch.len());
+        for &index in batch {
+            let Some(target) = targets.get(index) else {
+                continue;
+            };
+            let outcome = inline_one(py, target, index, deadline);
+            let late = matches!(outcome, Outcome::TimedOut(_));
+            results.push((index, outcome));
+            if late {
+                break;
+            }
+        }
+        results
+    })
+}
+
+fn inline_one(py: Python<'_>, target: &CallTarget, index: usize, deadline: Duration) -> Outcome {
     let started = cycles::now();
     let guard = interrupt::arm(deadline, index);
-    let result = Python::attach(|py| match invoke(py, target) {
+    let result = match invoke(py, target) {
         Ok(value) => Some(Ok(value)),
         // A deadline exception is ours, not the module's.
         Err(Ok(err)) if interrupt::is_deadline(py, &err) => None,
         Err(Ok(err)) => Some(Err(Failed::raised(py, err))),
         Err(Err(conversion)) => Some(Err(Failed::Value(conversion))),
-    });
+    };
     // A call the watchdog had to interrupt is late even if the module
     // caught the exception and returned something afterwards.
     let fired = guard.fired();
     drop(guard);
-    match result {
-        _ if fired => Outcome::TimedOut(Duration::from_secs_f64(cycles::seconds(
+    let late = || {
+        Outcome::TimedOut(Duration::from_secs_f64(cycles::seconds(
             cycles::now().wrapping_sub(started),
-        ))),
+        )))
+    };
+    match result {
+        _ if fired => late(),
         Some(Ok(value)) => Outcome::Value(value),
         Some(Err(failed)) => Outcome::Failed(failed),
-        None => Outcome::TimedOut(Duration::from_secs_f64(cycles::seconds(
-            cycles::now().wrapping_sub(started),
-        ))),
+        None => late(),
     }
 }
 

@@ -372,8 +372,8 @@ impl Host {
         let (mode, timeout) = (state.mode, state.timeout);
         let started = cycles::now();
         let outcome = match mode {
-            CallMode::Inline => dispatch::call_inline(&self.targets[index], index, timeout),
-            CallMode::Protected => self.protected_outcome(index, timeout),
+            CallMode::Inline => self.batched_outcome(index, timeout, CallMode::Inline),
+            CallMode::Protected => self.batched_outcome(index, timeout, CallMode::Protected),
         };
         let state = &mut self.module_states[module];
         state.stats.calls += 1;
@@ -459,10 +459,11 @@ impl Host {
         true
     }
 
-    /// The outcome of a protected call: made this round already, in a batch
-    /// with a sibling, or now — together with the siblings gmond will ask
-    /// for next in the same round, at the price of one hand-off.
-    fn protected_outcome(&mut self, index: usize, timeout: Duration) -> Outcome {
+    /// The outcome of a call: made this round already, in a batch with a
+    /// sibling, or now — together with the siblings gmond will ask for next
+    /// in the same round, at the price of one hand-off to the worker
+    /// (protected) or one acquisition of the GIL (inline).
+    fn batched_outcome(&mut self, index: usize, timeout: Duration, mode: CallMode) -> Outcome {
         if let Some(outcome) = self.metrics[index].prefetched.take() {
             return outcome;
         }
@@ -478,9 +479,12 @@ impl Host {
                         .is_none_or(|at| now >= at)
             }));
         }
-        let reply = match self.ensure_worker() {
-            Some(worker) => worker.call_batch(batch, timeout),
-            None => return dispatch::call_inline(&self.targets[index], index, timeout),
+        let reply = match (mode, self.ensure_worker_if(mode == CallMode::Protected)) {
+            (CallMode::Protected, Some(worker)) => worker.call_batch(batch, timeout),
+            _ => dispatch::BatchReply {
+                results: dispatch::call_inline_batch(&self.targets, &batch, timeout),
+                stuck: None,
+            },
         };
         let mut mine = None;
         for (j, outcome) in reply.results {
@@ -507,9 +511,10 @@ impl Host {
         mine.unwrap_or(Outcome::TimedOut(Duration::ZERO))
     }
 
-    /// The worker for protected calls, started again if the last one got stuck.
-    fn ensure_worker(&mut self) -> Option<&Worker> {
-        if self.worker.is_none() {
+    /// The worker for protected calls (if `wanted`), started again if the
+    /// last one got stuck.
+    fn ensure_worker_if(&mut self, wanted: bool) -> Option<&Worker> {
+        if wanted && self.worker.is_none() {
             match spawn_worker(&self.targets) {
                 Ok(w) => self.worker = Some(w),
                 Err(e) => log::error!("{e}; the call is made on gmond's thread instead"),
