@@ -121,49 +121,14 @@ fn start(modules: &[(&str, &str, &str)], patterns: &[&str], host: &[(&str, &str)
     b.pyconf_text("adversarial", &pyconf(&blocks, &all)).start()
 }
 
-/// How every host message names a module: `module 'x' (/path/x.py)`.
-fn mref(g: &Gmond, module: &str) -> String {
-    format!(
-        "module '{module}' ({})",
-        g.modules_dir().join(format!("{module}.py")).display()
-    )
-}
-
-/// Waits (up to `timeout`) for a log line containing every needle.
-#[track_caller]
-fn wait_line(g: &Gmond, needles: &[&str], timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(l) = g
-            .log()
-            .lines()
-            .find(|l| needles.iter().all(|n| l.contains(n)))
-        {
-            return l.to_string();
-        }
-        if Instant::now() >= deadline {
-            g.fail(&format!(
-                "no log line containing all of {needles:?} within {timeout:?}"
-            ));
-        }
-        gmond_assert!(
-            g,
-            g.is_running(),
-            "gmond exited while waiting for {needles:?}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The failure report of `metric` of `module`: its header line and the
 /// indented lines (reason or traceback) after it. Waits for it.
 #[track_caller]
 fn failure(g: &Gmond, module: &str, metric: &str) -> String {
-    let header = wait_line(
-        g,
+    let header = g.wait_line(
         &[&format!(
             "[modpython] error: {}: metric '{metric}' failed",
-            mref(g, module)
+            g.module_ref(module)
         )],
         FIRST_VALUES,
     );
@@ -225,7 +190,7 @@ fn stop(g: &Gmond, timeout: Duration) {
 /// No log line blames the healthy neighbour.
 #[track_caller]
 fn neighbour_not_blamed(g: &Gmond) {
-    let blamed = format!("[modpython] error: {}", mref(g, "adv_ok"));
+    let blamed = format!("[modpython] error: {}", g.module_ref("adv_ok"));
     gmond_assert!(
         g,
         !g.log().lines().any(|l| l.starts_with(&blamed)),
@@ -486,9 +451,8 @@ fn hostile_descriptors() {
         "0",
         "abs('d_cb_builtin') raises"
     );
-    let d = mref(&g, "adv_x_desc");
-    wait_line(
-        &g,
+    let d = g.module_ref("adv_x_desc");
+    g.wait_line(
         &[
             &d,
             "element 0 of metric_init's result",
@@ -498,8 +462,7 @@ fn hostile_descriptors() {
         FIRST_VALUES,
     );
     // A 10 MB extra value is cut to what one line of gmond's XML can carry.
-    wait_line(
-        &g,
+    g.wait_line(
         &[
             &d,
             "metric 'd_bigextra'",
@@ -508,18 +471,21 @@ fn hostile_descriptors() {
         ],
         FIRST_VALUES,
     );
-    wait_line(
-        &g,
+    g.wait_line(
         &[
-            &mref(&g, "adv_x_gen"),
+            &g.module_ref("adv_x_gen"),
             "metric_init returned a generator",
             "skipped",
         ],
         FIRST_VALUES,
     );
-    wait_line(
-        &g,
-        &[&mref(&g, "adv_x_selfres"), "element 0", "list", "skipped"],
+    g.wait_line(
+        &[
+            &g.module_ref("adv_x_selfres"),
+            "element 0",
+            "list",
+            "skipped",
+        ],
         FIRST_VALUES,
     );
     let m = g.metric("d_unicode_\u{e9}").expect("just seen");
@@ -608,8 +574,7 @@ fn interpreter_and_process_state_abuse() {
     gmond_assert!(g, args.contains("TypeError"), "{args}");
     let noarg = failure(&g, "adv_x_state", "s_ganglia_noarg");
     gmond_assert!(g, noarg.contains("log_error()"), "{noarg}");
-    wait_line(
-        &g,
+    g.wait_line(
         &["[modpython] error: [adv_x_state] [modpython] error: module 'adv_ok' forged"],
         FIRST_VALUES,
     );
@@ -707,18 +672,16 @@ fn sighup_while_a_handler_is_stuck_and_a_slow_import() {
         &["^k_"],
         &[("init_timeout", "1")],
     );
-    wait_line(
-        &g,
+    g.wait_line(
         &[
-            &mref(&g, "adv_x_slowimport"),
+            &g.module_ref("adv_x_slowimport"),
             "import or metric_init did not finish within init_timeout",
         ],
         FIRST_VALUES,
     );
-    wait_line(
-        &g,
+    g.wait_line(
         &[
-            &mref(&g, "adv_x_stuck"),
+            &g.module_ref("adv_x_stuck"),
             "metric 'k_stuck' did not return within",
         ],
         FIRST_VALUES,
@@ -780,9 +743,8 @@ fn failure_report_that_hangs() {
     ] {
         let g = start(&[(name, "", body)], &["^b_"], &[]);
         ticking(&g, secs(8), 3);
-        wait_line(
-            &g,
-            &[&mref(&g, name), &format!("metric '{metric}'")],
+        g.wait_line(
+            &[&g.module_ref(name), &format!("metric '{metric}'")],
             secs(10),
         );
         neighbour_not_blamed(&g);
@@ -809,10 +771,9 @@ fn self_referential_descriptor_value() {
     let g = start(&[("adv_x_selflist", "", SELF_LIST_PY)], &["^b_"], &[]);
     gmond_assert_eq!(g, g.wait_metric("b_selflist", FIRST_VALUES).val, "1");
     gmond_assert_eq!(g, g.wait_metric("b_deeplist", FIRST_VALUES).val, "2");
-    wait_line(
-        &g,
+    g.wait_line(
         &[
-            &mref(&g, "adv_x_selflist"),
+            &g.module_ref("adv_x_selflist"),
             "metric 'b_deeplist'",
             "extra key 'tags'",
         ],
@@ -846,10 +807,9 @@ def metric_init(params):
 #[test]
 fn exception_finaliser_runs_in_a_neighbours_call() {
     let g = start(&[("adv_x_del", "", DEL_HANGS_PY)], &["^b_"], &[]);
-    wait_line(
-        &g,
+    g.wait_line(
         &[
-            &mref(&g, "adv_x_del"),
+            &g.module_ref("adv_x_del"),
             "metric 'b_del' did not return within",
         ],
         FIRST_VALUES,
@@ -946,11 +906,7 @@ fn signal_handler_installed_by_a_call_is_restored() {
         let g = start(&[(name, extra.as_str(), body)], &["^b_"], &[]);
         ticking(&g, secs(5), 3);
         stop(&g, secs(15));
-        wait_line(
-            &g,
-            &[name, "changed the handler of SIGTERM"],
-            Duration::ZERO,
-        );
+        g.wait_line(&[name, "changed the handler of SIGTERM"], Duration::ZERO);
     }
 }
 
@@ -1095,10 +1051,9 @@ fn gil_holding_call_does_not_block_shutdown() {
         &["^b_"],
         &[],
     );
-    wait_line(
-        &g,
+    g.wait_line(
         &[
-            &mref(&g, "adv_x_hog"),
+            &g.module_ref("adv_x_hog"),
             "metric 'b_hog' did not return within",
         ],
         FIRST_VALUES,
@@ -1127,9 +1082,8 @@ fn bare_except_cannot_defeat_init_timeout() {
         &[("init_timeout", "1")],
     );
     ticking(&g, secs(15), 2);
-    wait_line(
-        &g,
-        &[&mref(&g, "adv_x_swallow"), "init_timeout"],
+    g.wait_line(
+        &[&g.module_ref("adv_x_swallow"), "init_timeout"],
         Duration::ZERO,
     );
     stop(&g, secs(15));
@@ -1210,13 +1164,16 @@ fn hanging_atexit_is_not_blamed_on_another_module() {
     );
     g.wait_metric("b_clean", FIRST_VALUES);
     stop(&g, secs(20));
-    let wrong = format!("{}: metric_cleanup did not return", mref(&g, "adv_z_clean"));
+    let wrong = format!(
+        "{}: metric_cleanup did not return",
+        g.module_ref("adv_z_clean")
+    );
     gmond_assert!(
         g,
         !g.log().contains(&wrong),
         "adv_z_clean blamed for a hanging atexit handler"
     );
-    wait_line(&g, &["atexit", "did not"], Duration::ZERO);
+    g.wait_line(&["atexit", "did not"], Duration::ZERO);
 }
 
 const ASYNC_PY: &str = r#"
@@ -1239,9 +1196,8 @@ fn coroutine_callbacks_are_refused() {
     for name in ["b_coro", "b_gen"] {
         let v = g.wait_metric(name, FIRST_VALUES).val;
         gmond_assert!(g, !v.contains(" object "), "{name} published {v:?}");
-        wait_line(
-            &g,
-            &[&mref(&g, "adv_x_async"), &format!("metric '{name}'")],
+        g.wait_line(
+            &[&g.module_ref("adv_x_async"), &format!("metric '{name}'")],
             FIRST_VALUES,
         );
     }
@@ -1271,7 +1227,7 @@ fn one_block_loads_one_file() {
         g.metric("b_upper").is_none(),
         "Adv_case.py was loaded too"
     );
-    wait_line(&g, &["Adv_case.py"], Duration::ZERO);
+    g.wait_line(&["Adv_case.py"], Duration::ZERO);
     stop(&g, secs(15));
 }
 

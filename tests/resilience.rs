@@ -76,14 +76,6 @@ fn setting(name: &str, value: &str) -> String {
     format!("param \"modpython.{name}\" {{ value = \"{value}\" }}")
 }
 
-/// How every host message names a module: `module 'x' (/path/x.py)`.
-fn mref(g: &Gmond, module: &str) -> String {
-    format!(
-        "module '{module}' ({})",
-        g.modules_dir().join(format!("{module}.py")).display()
-    )
-}
-
 /// The first log line containing every needle; fails with the log otherwise.
 #[track_caller]
 fn line_with(g: &Gmond, needles: &[&str]) -> String {
@@ -92,32 +84,6 @@ fn line_with(g: &Gmond, needles: &[&str]) -> String {
         .find(|l| needles.iter().all(|n| l.contains(n)))
         .map(String::from)
         .unwrap_or_else(|| g.fail(&format!("no log line contains all of {needles:?}")))
-}
-
-/// Waits (up to `timeout`) for a log line containing every needle.
-#[track_caller]
-fn wait_line(g: &Gmond, needles: &[&str], timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(l) = g
-            .log()
-            .lines()
-            .find(|l| needles.iter().all(|n| l.contains(n)))
-        {
-            return l.to_string();
-        }
-        if Instant::now() >= deadline {
-            g.fail(&format!(
-                "no log line containing all of {needles:?} within {timeout:?}"
-            ));
-        }
-        gmond_assert!(
-            g,
-            g.is_running(),
-            "gmond exited while waiting for {needles:?}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The number in `line` between `before` and `after`, e.g. the seconds in
@@ -349,7 +315,7 @@ fn protected_hangs_do_not_stall_gmond() {
         let line = line_with(&g, &[&format!("metric '{metric}' did not return within")]);
         gmond_assert!(
             g,
-            line.starts_with(&format!("[modpython] error: {}: ", mref(&g, module))),
+            line.starts_with(&format!("[modpython] error: {}: ", g.module_ref(module))),
             "the timeout line does not name the module and its file: {line}"
         );
         gmond_assert!(
@@ -504,7 +470,7 @@ fn stuck_call_recovers_and_failing_handler_backs_off() {
     // within 6 s of the third.
     let first_seen = Instant::now();
     g.wait_metric("res_fail_calls", FIRST_VALUES);
-    let fail = mref(&g, "res_fail");
+    let fail = g.module_ref("res_fail");
     let mut third_seen: Option<Instant> = None;
     while first_seen.elapsed() < secs(8) {
         let calls = count(&g, "res_fail_calls");
@@ -546,12 +512,11 @@ fn stuck_call_recovers_and_failing_handler_backs_off() {
     gmond_assert_eq!(g, g.log_count("metric 'res_fail_val' failed"), 1);
     gmond_assert_eq!(g, val(&g, "res_fail_val"), 0.0);
 
-    let slow = mref(&g, "res_slow");
+    let slow = g.module_ref("res_slow");
 
     // (3) The second call hangs 5 s: given up on after 1 s, then its return
     // is noticed and the module is called again: the value moves on.
-    let timeout = wait_line(
-        &g,
+    let timeout = g.wait_line(
         &[&slow, "metric 'res_slow_val' did not return within"],
         secs(10),
     );
@@ -560,8 +525,7 @@ fn stuck_call_recovers_and_failing_handler_backs_off() {
         (1.0..2.0).contains(&number_in(&g, &timeout, "within ", "s;")),
         "{timeout}"
     );
-    let returned = wait_line(
-        &g,
+    let returned = g.wait_line(
         &[
             &slow,
             "the stuck call of metric 'res_slow_val' returned after",
@@ -593,7 +557,7 @@ fn stuck_call_recovers_and_failing_handler_backs_off() {
     let flaky = line_with(
         &g,
         &[
-            &mref(&g, "res_flaky"),
+            &g.module_ref("res_flaky"),
             "metric 'res_flaky_val' recovered after 2 failed call(s)",
         ],
     );
@@ -691,10 +655,9 @@ fn inline_mode_interrupts_late_calls() {
         ("res_inl2", "res_inl_swallow", 0.5),
         ("res_inl2", "res_inl_loop", 0.5),
     ] {
-        let header = wait_line(
-            &g,
+        let header = g.wait_line(
             &[
-                &format!("[modpython] error: {}: ", mref(&g, module)),
+                &format!("[modpython] error: {}: ", g.module_ref(module)),
                 &format!("metric '{metric}' failed (gmond keeps its last good value"),
             ],
             secs(15),
@@ -720,8 +683,7 @@ fn inline_mode_interrupts_late_calls() {
     }
     // Back-off takes the late handlers out of most rounds; gmond collects on.
     for metric in ["res_inl_sleep", "res_inl_swallow", "res_inl_loop"] {
-        wait_line(
-            &g,
+        g.wait_line(
             &[&format!("metric '{metric}': 3 failures in a row")],
             secs(15),
         );
@@ -790,7 +752,7 @@ fn self_metrics_off_and_unknown_settings_reported() {
             && host.contains("call_timeout"),
         "{host}"
     );
-    let per_module = line_with(&g, &[&mref(&g, "res_tick"), "modpython.call_tmeout"]);
+    let per_module = line_with(&g, &[&g.module_ref("res_tick"), "modpython.call_tmeout"]);
     gmond_assert!(
         g,
         per_module.contains("unknown per-module setting"),
@@ -832,7 +794,7 @@ fn cleanup_abandoned(g: &Gmond) {
         g,
         &[&format!(
             "[modpython] error: {}: metric_cleanup did not return within 10s; gmond goes on without waiting for it",
-            mref(g, "res_hangclean")
+            g.module_ref("res_hangclean")
         )],
     );
     gmond_assert_eq!(g, g.log_count("metric_cleanup did not return"), 1, "{line}");
@@ -1358,7 +1320,7 @@ fn bad_results_descriptors_and_exits() {
     }
     gmond_assert_eq!(g, g.metric("res_d_slope").unwrap().slope, "both");
 
-    let values = mref(&g, "res_values");
+    let values = g.module_ref("res_values");
     let no_good = "failed (it has no good value yet, so gmond gets zero/empty";
     for (metric, reason) in [
         ("res_v_inf", "inf cannot be published as a double metric"),
@@ -1385,7 +1347,7 @@ fn bad_results_descriptors_and_exits() {
         );
     }
 
-    let d = mref(&g, "res_desc");
+    let d = g.module_ref("res_desc");
     let no_type = line_with(&g, &[&d, "metric 'res_d_misspelt'", "no 'value_type' key"]);
     gmond_assert!(
         g,
@@ -1421,7 +1383,7 @@ fn bad_results_descriptors_and_exits() {
             &g,
             &[&format!(
                 "[modpython] error: {}: metric_init raised an exception; the module is skipped",
-                mref(&g, m)
+                g.module_ref(m)
             )],
         );
         let log = g.log();
@@ -1465,7 +1427,7 @@ fn bad_results_descriptors_and_exits() {
             &g,
             &[&format!(
                 "[modpython] error: {}: metric_cleanup raised an exception",
-                mref(&g, m)
+                g.module_ref(m)
             )],
         );
         let log = g.log();
@@ -1486,7 +1448,7 @@ fn bad_results_descriptors_and_exits() {
     let misspelt = line_with(
         &g,
         &[
-            &mref(&g, "res_desc"),
+            &g.module_ref("res_desc"),
             "metric 'res_d_misspelt'",
             "'valu_type' looks like a misspelling of 'value_type'",
         ],

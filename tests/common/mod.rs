@@ -643,6 +643,41 @@ impl Gmond {
         }
     }
 
+    /// How every host message names a module: `module 'x' (/path/x.py)`,
+    /// for a module in this gmond's module directory.
+    pub fn module_ref(&self, module: &str) -> String {
+        format!(
+            "module '{module}' ({})",
+            self.modules_dir().join(format!("{module}.py")).display()
+        )
+    }
+
+    /// Waits (up to `timeout`) for a log line containing every needle and
+    /// returns it; fails with gmond's report on timeout or if gmond exits.
+    #[track_caller]
+    pub fn wait_line(&self, needles: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self
+                .log()
+                .lines()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return l.to_string();
+            }
+            if Instant::now() >= deadline {
+                self.fail(&format!(
+                    "no log line containing all of {needles:?} within {timeout:?}"
+                ));
+            }
+            self.check(
+                self.is_running(),
+                &format!("gmond exited while waiting for {needles:?}"),
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends a signal (e.g. `libc::SIGTERM`) to gmond.
     #[track_caller]
     pub fn signal(&self, sig: libc::c_int) {
