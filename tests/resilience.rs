@@ -1145,8 +1145,17 @@ def metric_init(params):
 fn handlers_run_as_gmonds_user_after_setuid_and_sighup() {
     let (nobody, _) = nobody_ids();
     let nobody_val = nobody.to_string();
+    // After SIGHUP gmond re-executes itself as nobody and loads the .so
+    // again: it must be where nobody can read it (a checkout under /root,
+    // as on a fresh CI machine, is not).
+    let so_dir = TempDir::new();
+    chmod(so_dir.path(), 0o755);
+    let so = so_dir.path().join("modpython.so");
+    std::fs::copy(common::modpython_so(), &so).expect("copy modpython.so");
+    chmod(&so, 0o755);
     let g = GmondBuilder::new()
         .setuid_user("nobody")
+        .so_path(&so)
         .module_file("res_tick.py", &module(TICK_PY))
         .module_file("res_priv.py", &module(PRIV_PY))
         .pyconf_text(
