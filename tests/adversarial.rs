@@ -36,29 +36,18 @@
 //!   for the GIL behind it.
 
 mod common;
+#[path = "common/pymod.rs"]
+mod pymod;
 
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Gmond, GmondBuilder, secs};
+use pymod::{pyconf, setting};
 
 /// How long to wait for the first values of a freshly started gmond.
 const FIRST_VALUES: Duration = Duration::from_secs(20);
-
-/// Put at the top of every module: `desc()` builds a descriptor.
-const PRELUDE: &str = r#"
-import os, sys, time
-
-_FORMATS = {"uint": "%u", "int": "%d", "float": "%f", "double": "%f", "string": "%s"}
-
-def desc(name, cb, vt="uint", **kw):
-    d = {"name": name, "call_back": cb, "time_max": 60, "value_type": vt,
-         "units": "", "slope": "both", "format": _FORMATS[vt],
-         "description": name, "groups": "adversarial"}
-    d.update(kw)
-    return d
-"#;
 
 /// The healthy neighbour. Its init says so on stderr (a warning line), so a
 /// SIGHUP re-exec can be counted.
@@ -78,29 +67,7 @@ def metric_init(params):
 const OK_INIT_LINE: &str = "[modpython] warning: [adv_ok] adv_ok init";
 
 fn module(body: &str) -> String {
-    format!("{PRELUDE}\n{body}")
-}
-
-/// A pyconf: one `module` block per `(name, extra lines)`, and one
-/// collection group (every second) listing every metric matching `patterns`.
-fn pyconf(blocks: &[(&str, &str)], patterns: &[&str]) -> String {
-    let mut s = String::from("modules {\n");
-    for (name, extra) in blocks {
-        s.push_str(&format!(
-            "  module {{\n    name = \"{name}\"\n    language = \"python\"\n    {extra}\n  }}\n"
-        ));
-    }
-    s.push_str("}\ncollection_group {\n  collect_every = 1\n  time_threshold = 1\n");
-    for p in patterns {
-        s.push_str(&format!("  metric {{ name_match = \"{p}\" }}\n"));
-    }
-    s.push_str("}\n");
-    s
-}
-
-/// A per-module host setting for a module block.
-fn setting(name: &str, value: &str) -> String {
-    format!("param \"modpython.{name}\" {{ value = \"{value}\" }}")
+    pymod::module("adversarial", body)
 }
 
 /// Starts gmond with `adv_ok` plus `modules` (name → body, PRELUDE added),

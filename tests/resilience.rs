@@ -5,11 +5,13 @@
 //! (`setuid = yes`), bad handler results and descriptors, and host settings.
 //!
 //! Every test runs its own small gmond with modules written inline; each
-//! module draws its descriptors from [`PRELUDE`]. Collection groups use
+//! module draws its descriptors from `pymod::module`. Collection groups use
 //! `collect_every = 1`, `time_threshold = 1`, so the healthy counter
 //! `res_tick` advances about once a second while gmond's loop is free.
 
 mod common;
+#[path = "common/pymod.rs"]
+mod pymod;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -17,25 +19,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Gmond, GmondBuilder, TempDir, secs};
+use pymod::{pyconf, setting};
 
 /// How long to wait for the first values of a freshly started gmond.
 const FIRST_VALUES: Duration = Duration::from_secs(20);
 /// gmond must answer on its XML port this fast, hung handler or not.
 const XML_PROMPT: Duration = Duration::from_secs(1);
-
-/// Put at the top of every test module: `desc()` builds a descriptor.
-const PRELUDE: &str = r#"
-import os, sys, time
-
-_FORMATS = {"uint": "%u", "int": "%d", "float": "%f", "double": "%f", "string": "%s"}
-
-def desc(name, cb, vt="uint", **kw):
-    d = {"name": name, "call_back": cb, "time_max": 60, "value_type": vt,
-         "units": "", "slope": "both", "format": _FORMATS[vt],
-         "description": name, "groups": "resilience"}
-    d.update(kw)
-    return d
-"#;
 
 /// The healthy neighbour: `res_tick` counts its own calls.
 const TICK_PY: &str = r#"
@@ -51,29 +40,7 @@ def metric_init(params):
 "#;
 
 fn module(body: &str) -> String {
-    format!("{PRELUDE}\n{body}")
-}
-
-/// A pyconf: one `module` block per `(name, extra lines)`, and one
-/// collection group listing every metric matching one of `patterns`.
-fn pyconf(blocks: &[(&str, &str)], patterns: &[&str]) -> String {
-    let mut s = String::from("modules {\n");
-    for (name, extra) in blocks {
-        s.push_str(&format!(
-            "  module {{\n    name = \"{name}\"\n    language = \"python\"\n    {extra}\n  }}\n"
-        ));
-    }
-    s.push_str("}\ncollection_group {\n  collect_every = 1\n  time_threshold = 1\n");
-    for p in patterns {
-        s.push_str(&format!("  metric {{ name_match = \"{p}\" }}\n"));
-    }
-    s.push_str("}\n");
-    s
-}
-
-/// A per-module host setting for a module block.
-fn setting(name: &str, value: &str) -> String {
-    format!("param \"modpython.{name}\" {{ value = \"{value}\" }}")
+    pymod::module("resilience", body)
 }
 
 /// The first log line containing every needle; fails with the log otherwise.
