@@ -19,7 +19,7 @@
 //!   it (kernel D state, a C loop) does stall gmond in this mode.
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
-use crate::cycles;
 use crate::descriptor::ValueType;
-use crate::python::{errors, extract, interrupt, stdio};
+use crate::python::interrupt::{self, Armed};
+use crate::python::{errors, extract, stdio};
 use crate::value::{self, ConversionError, Value};
 
 /// Everything a worker needs to make one metric's call.
@@ -102,25 +102,59 @@ pub enum Outcome {
 /// Calls the metric's callback with its name and converts the result.
 /// Must run with the GIL held; every mode ends up here. The exception is
 /// handed back raw so the inline path can tell its own deadline apart.
-pub fn invoke(
+/// The caller attributes output and resets the thread afterwards (see
+/// [`in_module_scopes`]).
+fn call_and_convert(
     py: Python<'_>,
     target: &CallTarget,
 ) -> Result<Value, Result<PyErr, ConversionError>> {
-    let _scope = stdio::ModuleScope::enter(&target.module_name);
     let result = match target.callback.bind(py).call1((target.py_name.bind(py),)) {
         Ok(obj) => value::convert(&extract::returned(&obj), target.value_type).map_err(Err),
         Err(err) => Err(Ok(err)),
     };
-    after_call(py);
+    // A call that forked a copy of gmond (the child returns here, holding
+    // gmond's sockets) ends that copy.
+    crate::python::fork_guard::exit_if_forked();
     result
 }
 
-/// Undoes what a call may leave in the calling thread's interpreter state,
-/// which the next module's call would inherit: `sys.settrace` and
-/// `sys.setprofile` hooks. And a call that forked a copy of gmond (the
-/// child returns here, holding gmond's sockets) ends that copy.
-fn after_call(_py: Python<'_>) {
-    crate::python::fork_guard::exit_if_forked();
+/// Runs `call` for each metric of `batch` (indices into `targets`) in
+/// order, until it returns false. Each module's output is attributed to it,
+/// and what a module's calls may leave in the thread's interpreter state —
+/// `sys.settrace` and `sys.setprofile` hooks — is undone before another
+/// module's call and at the end, so no module inherits another's. A
+/// module's own later calls in the batch may inherit its hooks: they are
+/// its own business, and resetting per call would cost every call.
+fn in_module_scopes(
+    py: Python<'_>,
+    targets: &[CallTarget],
+    batch: &[usize],
+    mut call: impl FnMut(&CallTarget, usize) -> bool,
+) {
+    let mut module: Option<&Arc<str>> = None;
+    let mut scope: Option<stdio::ModuleScope> = None;
+    for &index in batch {
+        let Some(target) = targets.get(index) else {
+            continue;
+        };
+        if module.is_none_or(|m| !Arc::ptr_eq(m, &target.module_name)) {
+            if module.is_some() {
+                reset_thread_hooks(py);
+            }
+            drop(scope.take());
+            scope = Some(stdio::ModuleScope::enter(&target.module_name));
+            module = Some(&target.module_name);
+        }
+        if !call(target, index) {
+            break;
+        }
+    }
+    drop(scope);
+    reset_thread_hooks(py);
+}
+
+/// Clears the calling thread's trace and profile functions.
+fn reset_thread_hooks(_py: Python<'_>) {
     // SAFETY: the GIL is held (we have a `Python` token); clearing this
     // thread's trace and profile functions takes no other precondition.
     unsafe {
@@ -129,68 +163,69 @@ fn after_call(_py: Python<'_>) {
     }
 }
 
-/// [`invoke`], with any failure described while the GIL is still held.
-fn invoke_described(py: Python<'_>, target: &CallTarget) -> Result<Value, Failed> {
-    invoke(py, target).map_err(|failure| match failure {
+/// Describes a failed call while the GIL is still held.
+fn described(py: Python<'_>, failure: Result<PyErr, ConversionError>) -> Failed {
+    match failure {
         Ok(err) => Failed::raised(py, err),
         Err(conversion) => Failed::Value(conversion),
-    })
+    }
 }
 
 /// An inline call on gmond's thread, under the watchdog's deadline.
 pub fn call_inline(target: &CallTarget, index: usize, deadline: Duration) -> Outcome {
-    Python::attach(|py| inline_one(py, target, index, deadline))
+    let mut outcome = None;
+    Python::attach(|py| {
+        let mut armed = interrupt::arm(deadline, index);
+        in_module_scopes(py, std::slice::from_ref(target), &[0], |target, _| {
+            outcome = Some(inline_one(py, target, index, &mut armed));
+            true
+        });
+    });
+    outcome.unwrap_or(Outcome::TimedOut(Duration::ZERO))
 }
 
 /// Inline calls of `batch` (metrics of `targets`) in order, under one
-/// acquisition of the GIL, each with its own deadline. Stops after a call
-/// that ran late: the rest are left for gmond's own calls.
+/// acquisition of the GIL, each with its own deadline; each outcome goes to
+/// `each` as it comes. Stops after a call that ran late: the rest are not
+/// called this round.
 pub fn call_inline_batch(
     targets: &[CallTarget],
     batch: &[usize],
     deadline: Duration,
-) -> Vec<(usize, Outcome)> {
+    mut each: impl FnMut(usize, Outcome),
+) {
+    let Some(&first) = batch.first() else {
+        return;
+    };
     Python::attach(|py| {
-        let mut results = Vec::with_capacity(batch.len());
-        for &index in batch {
-            let Some(target) = targets.get(index) else {
-                continue;
-            };
-            let outcome = inline_one(py, target, index, deadline);
+        let mut armed = interrupt::arm(deadline, first);
+        in_module_scopes(py, targets, batch, |target, index| {
+            let outcome = inline_one(py, target, index, &mut armed);
             let late = matches!(outcome, Outcome::TimedOut(_));
-            results.push((index, outcome));
-            if late {
-                break;
-            }
-        }
-        results
-    })
+            each(index, outcome);
+            !late
+        });
+    });
 }
 
-fn inline_one(py: Python<'_>, target: &CallTarget, index: usize, deadline: Duration) -> Outcome {
-    let started = cycles::now();
-    let guard = interrupt::arm(deadline, index);
-    let result = match invoke(py, target) {
+/// One inline call under `armed`, which is moved on to this call.
+fn inline_one(py: Python<'_>, target: &CallTarget, index: usize, armed: &mut Armed) -> Outcome {
+    armed.next(index);
+    let result = match call_and_convert(py, target) {
         Ok(value) => Some(Ok(value)),
         // A deadline exception is ours, not the module's.
         Err(Ok(err)) if interrupt::is_deadline(py, &err) => None,
-        Err(Ok(err)) => Some(Err(Failed::raised(py, err))),
-        Err(Err(conversion)) => Some(Err(Failed::Value(conversion))),
+        Err(failure) => Some(Err(described(py, failure))),
     };
     // A call the watchdog had to interrupt is late even if the module
     // caught the exception and returned something afterwards.
-    let fired = guard.fired();
-    drop(guard);
-    let late = || {
-        Outcome::TimedOut(Duration::from_secs_f64(cycles::seconds(
-            cycles::now().wrapping_sub(started),
-        )))
-    };
+    if armed.fired() || result.is_none() {
+        return Outcome::TimedOut(armed.fired_after());
+    }
     match result {
-        _ if fired => late(),
         Some(Ok(value)) => Outcome::Value(value),
         Some(Err(failed)) => Outcome::Failed(failed),
-        None => late(),
+        None => Outcome::TimedOut(armed.fired_after()),
     }
 }
 
@@ -218,8 +253,11 @@ struct Slot {
     state: AtomicU32,
     /// The metrics to call, in order (see [`Worker::call_batch`]).
     batch: Mutex<Vec<usize>>,
-    /// Their results so far, in the same order.
+    /// Their results, in the same order; published a chunk at a time.
     results: Mutex<Vec<(usize, Result<Value, Failed>)>>,
+    /// How many calls of the batch have returned: tells gmond's thread that
+    /// a long batch is moving, and which call is stuck when it is not.
+    progress: AtomicUsize,
     worker_asleep: AtomicBool,
     caller_asleep: AtomicBool,
     /// Set when gmond gave up on this worker's call: the worker exits once
@@ -228,6 +266,15 @@ struct Slot {
     /// gmond's thread, woken when a result is ready.
     caller: Thread,
 }
+
+/// Results are handed over this many at a time: one lock per call would
+/// cost as much as a trivial call, while a stuck batch should still give
+/// up what it made before the stuck call.
+const PUBLISH_EVERY: usize = 32;
+
+/// While a batch runs longer than the spin, gmond's thread looks at its
+/// progress this often; a call's deadline is therefore kept to within this.
+const PROGRESS_POLL: Duration = Duration::from_millis(100);
 
 /// A thread that makes calls for gmond's thread.
 pub struct Worker {
@@ -263,6 +310,7 @@ impl Worker {
             state: AtomicU32::new(IDLE),
             batch: Mutex::new(Vec::new()),
             results: Mutex::new(Vec::new()),
+            progress: AtomicUsize::new(0),
             worker_asleep: AtomicBool::new(false),
             caller_asleep: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
@@ -296,14 +344,15 @@ impl Worker {
         }
     }
 
-    /// Has the worker call the metrics of `batch`, in order, waiting at most
-    /// `deadline` for all of them. Handing a whole collection round's worth
-    /// of one module's calls over at once costs one wake-up instead of one
-    /// per call, which on these machines is most of the price (see the
-    /// module docs). When the deadline passes, the results so far come back
-    /// with `stuck` set, and the worker must not be used again.
+    /// Has the worker call the metrics of `batch`, in order, each within
+    /// `deadline`. Handing a whole collection round's worth of one module's
+    /// calls over at once costs one wake-up instead of one per call, which
+    /// on these machines is most of the price (see the module docs). When a
+    /// call overruns, the results made before it come back with `stuck`
+    /// set, and the worker must not be used again.
     pub fn call_batch(&self, batch: Vec<usize>, deadline: Duration) -> BatchReply {
         let slot = &self.slot;
+        slot.progress.store(0, Ordering::Relaxed);
         *slot.batch.lock().unwrap_or_else(|p| p.into_inner()) = batch.clone();
         slot.state.store(REQUESTED, Ordering::SeqCst);
         if slot.worker_asleep.load(Ordering::SeqCst) {
@@ -312,25 +361,30 @@ impl Worker {
         let mut stuck = None;
         if !spin_until(CALLER_SPIN, || slot.state.load(Ordering::SeqCst) == DONE) {
             // The clock is read only on this slow path; the spin is part of the wait.
-            let started = Instant::now()
+            let mut since = Instant::now()
                 .checked_sub(CALLER_SPIN)
                 .unwrap_or_else(Instant::now);
+            let mut seen = slot.progress.load(Ordering::Acquire);
             slot.caller_asleep.store(true, Ordering::SeqCst);
             while slot.state.load(Ordering::SeqCst) != DONE {
-                let elapsed = started.elapsed();
+                let progress = slot.progress.load(Ordering::Acquire);
+                if progress != seen {
+                    // Another call has returned: the deadline is the current call's.
+                    seen = progress;
+                    since = Instant::now();
+                }
+                let elapsed = since.elapsed();
                 if elapsed >= deadline {
                     slot.abandoned.store(true, Ordering::SeqCst);
                     self.thread.unpark();
-                    // The first call of the batch without a result is the stuck one.
-                    let done = slot.results.lock().unwrap_or_else(|p| p.into_inner()).len();
                     stuck = Some(Stuck {
                         slot: Arc::clone(slot),
-                        index: batch.get(done).copied().unwrap_or_default(),
-                        since: started,
+                        index: batch.get(progress).copied().unwrap_or_default(),
+                        since,
                     });
                     break;
                 }
-                thread::park_timeout(deadline - elapsed);
+                thread::park_timeout((deadline - elapsed).min(PROGRESS_POLL));
             }
             slot.caller_asleep.store(false, Ordering::SeqCst);
         }
@@ -380,6 +434,7 @@ fn worker_loop(slot: &Slot, targets: &[CallTarget]) {
     // keep per-thread state (threading.local, a cached connection) keep it
     // from one round to the next.
     Python::attach(|py| {
+        let mut made: Vec<(usize, Result<Value, Failed>)> = Vec::new();
         loop {
             // Between batches the GIL is released, so module threads run.
             let work = py.detach(|| wait_for_request(slot));
@@ -389,34 +444,35 @@ fn worker_loop(slot: &Slot, targets: &[CallTarget]) {
             loop {
                 let batch =
                     std::mem::take(&mut *slot.batch.lock().unwrap_or_else(|p| p.into_inner()));
-                for index in batch.iter().copied() {
+                let mut abandoned = false;
+                in_module_scopes(py, targets, &batch, |target, index| {
                     // A panic must not kill the worker with the request
                     // pending: gmond's thread would take the module for hung.
-                    let result =
-                        panic::catch_unwind(AssertUnwindSafe(|| match targets.get(index) {
-                            Some(target) => invoke_described(py, target),
-                            None => Err(Failed::Value(ConversionError(format!(
-                                "no metric with index {index}"
-                            )))),
-                        }))
-                        .unwrap_or_else(|_| {
-                            Err(Failed::Value(ConversionError(
+                    let result = panic::catch_unwind(AssertUnwindSafe(|| {
+                        call_and_convert(py, target).map_err(|failure| described(py, failure))
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err(Failed::Value(ConversionError(
                             "internal error in modpython while making the call (please report it)"
                                 .to_owned(),
                         )))
-                        });
-                    slot.results
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((index, result));
-                    if slot.abandoned.load(Ordering::SeqCst) {
-                        // gmond gave up on this batch: say the stuck call
-                        // has returned, and serve no more.
-                        slot.state.store(DONE, Ordering::SeqCst);
-                        return;
+                    });
+                    made.push((index, result));
+                    slot.progress.fetch_add(1, Ordering::Release);
+                    abandoned = slot.abandoned.load(Ordering::SeqCst);
+                    if made.len() >= PUBLISH_EVERY || abandoned {
+                        publish(slot, &mut made);
                     }
-                }
+                    !abandoned
+                });
+                publish(slot, &mut made);
+                // A batch with a target missing counts as made in full.
                 slot.state.store(DONE, Ordering::SeqCst);
+                if abandoned || slot.abandoned.load(Ordering::SeqCst) {
+                    // gmond gave up on this batch: the stuck call has
+                    // returned (DONE says so); serve no more.
+                    return;
+                }
                 if slot.caller_asleep.load(Ordering::SeqCst) {
                     slot.caller.unpark();
                 }
@@ -428,6 +484,16 @@ fn worker_loop(slot: &Slot, targets: &[CallTarget]) {
             }
         }
     })
+}
+
+/// Hands the results made so far to gmond's thread.
+fn publish(slot: &Slot, made: &mut Vec<(usize, Result<Value, Failed>)>) {
+    if !made.is_empty() {
+        slot.results
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .append(made);
+    }
 }
 
 /// Waits (spinning briefly, then asleep) for the next request; false when

@@ -2,16 +2,18 @@
 //! the table gmond reads, and what each metric's calls have done so far —
 //! last good value, failures, back-off, deadlines, statistics.
 //!
-//! gmond calls into us from its main thread only; the mutex is there so the
-//! state can be a safe global, not because calls race.
+//! gmond calls into us from its main thread only, so the state lives in
+//! that thread's storage: no lock on the call path, and a call from any
+//! other thread finds no host rather than a data race.
 
-use std::sync::{Arc, Mutex};
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use once_cell::sync::OnceCell;
 use pyo3::prelude::*;
 
-use crate::descriptor::{MetricDescriptor, ValueType};
+use crate::descriptor::MetricDescriptor;
 use crate::dispatch::{self, CallTarget, Failed, Outcome, Stuck, Targets, Worker};
 use crate::gmond_config::{self, ModuleBlock, Param};
 use crate::metric_table::{GmondPool, MetricTable};
@@ -19,7 +21,7 @@ use crate::permissions;
 use crate::python::{self, interrupt, loader};
 use crate::self_metrics::{self, SelfMetric, Snapshot, Stats};
 use crate::settings::{self, CallMode, HostSettings};
-use crate::value::Value;
+use crate::value::{Kept, Value};
 use crate::{cycles, ffi};
 
 /// How often a metric that keeps failing is mentioned again in the log.
@@ -28,9 +30,6 @@ const REPEAT_LOG_EVERY: Duration = Duration::from_secs(600);
 const BACKOFF_AFTER: u32 = 3;
 /// The first pause of a backed-off handler; it doubles up to `retry_max_interval`.
 const BACKOFF_FIRST: Duration = Duration::from_secs(10);
-/// gmond's signal handlers are checked (4 system calls) at most once a
-/// second, looking at the clock every this many handler calls.
-const SIGNAL_CHECK_EVERY: u32 = 8;
 /// How long gmond's shutdown waits for all `metric_cleanup()` calls.
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -51,18 +50,26 @@ pub struct InitInput {
     pub pool: GmondPool,
 }
 
-/// Per-metric run-time state.
+/// Per-metric run-time state: all of ours that a call touches, in one
+/// place and small (gmond calls thousands of metrics a round, and at that
+/// count memory traffic is most of the cost of a call).
 struct MetricState {
-    module: usize,
-    name: String,
-    value_type: ValueType,
-    /// Exactly what gmond got from the last successful call.
-    last_good: Option<ffi::g_val_t>,
-    /// This round's outcome, made by the worker in a batch with a sibling
-    /// (see [`Host::protected_outcome`]); taken by the next call.
-    prefetched: Option<Outcome>,
-    failure: Option<Failure>,
+    /// What gmond gets: the value of the last successful call, or zero of
+    /// the metric's type before the first. A failed, late or skipped call
+    /// leaves it as it is.
+    current: Kept,
+    /// Present while calls fail (rare, so boxed).
+    failure: Option<Box<Failure>>,
+    module: u32,
+    /// Whether a call has ever succeeded.
+    has_good: bool,
+    /// Whether this round's value has been made (in a batch started by a
+    /// sibling's call) and not yet taken by gmond. gmond's call of a metric
+    /// that is not fresh starts the next round of its batch.
+    fresh: bool,
 }
+
+const _: () = assert!(std::mem::size_of::<MetricState>() <= 32);
 
 /// A run of failed calls: logged in full once, then summarised; backed off
 /// after a few in a row.
@@ -91,6 +98,11 @@ pub struct Host {
     modules: Vec<loader::LoadedModule>,
     module_states: Vec<ModuleState>,
     metrics: Vec<MetricState>,
+    /// The metrics' names, by index (only messages need them).
+    names: Vec<Box<str>>,
+    /// How many metrics are backed off (their failure has a `retry_at`):
+    /// while none are, a round need not look at each one's failure.
+    backed_off: usize,
     /// Metrics after the Python ones in gmond's table.
     self_metrics: Vec<SelfMetric>,
     modules_failed: usize,
@@ -104,25 +116,40 @@ pub struct Host {
     table: MetricTable,
     settings: HostSettings,
     cleaned_up: bool,
-    calls_since_signal_check: u32,
-    last_signal_check: Instant,
+    /// Reused for the self metrics' snapshot.
+    stats_scratch: Vec<Stats>,
 }
 
-static HOST: OnceCell<Mutex<Host>> = OnceCell::new();
+thread_local! {
+    /// The host, on the thread that ran `init`: gmond's main thread, which
+    /// makes every later call. Leaked on purpose: it lives as long as gmond,
+    /// and nothing of it may be torn down at exit (Python is never finalised).
+    static HOST: Cell<Option<&'static RefCell<Host>>> = const { Cell::new(None) };
+}
 
-fn host() -> Option<std::sync::MutexGuard<'static, Host>> {
-    // A panic while the lock was held must not stop later calls.
-    HOST.get()
-        .map(|h| h.lock().unwrap_or_else(|p| p.into_inner()))
+/// Runs `f` on the host; `None` before init, from another thread, or if
+/// re-entered (a panic unwinding out of `f` releases the host).
+fn with_host<R>(f: impl FnOnce(&mut Host) -> R) -> Option<R> {
+    let Some(cell) = HOST.with(Cell::get) else {
+        static REPORTED: AtomicBool = AtomicBool::new(false);
+        if !REPORTED.swap(true, Ordering::Relaxed) {
+            log::error!(
+                "gmond called modpython before its init, or from a thread other than the one that ran init; such calls get zero (reported once)"
+            );
+        }
+        return None;
+    };
+    let mut host = cell.try_borrow_mut().ok()?;
+    Some(f(&mut host))
 }
 
 /// gmond's `init`: start Python, load the modules, build the metric table.
 /// Returns the table for `mmodule.metrics_info`; `Err` fails the whole
 /// host (gmond then logs "Module python_module failed to initialize").
 pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
-    if let Some(existing) = host() {
+    if let Some(existing) = HOST.with(Cell::get) {
         // gmond calls init once; a second call (e.g. a test) gets the same table.
-        return Ok(existing.table.as_ptr());
+        return Ok(existing.borrow().table.as_ptr());
     }
     let (settings, problems) = settings::parse_host(&input.host_params);
     for problem in problems {
@@ -165,14 +192,15 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
     let mut descriptors: Vec<MetricDescriptor> = Vec::with_capacity(loaded.metrics.len());
     let mut targets = Vec::with_capacity(loaded.metrics.len());
     let mut metrics = Vec::with_capacity(loaded.metrics.len());
+    let mut names = Vec::with_capacity(loaded.metrics.len());
     for m in loaded.metrics {
+        names.push(m.descriptor.name.as_str().into());
         metrics.push(MetricState {
-            module: m.module,
-            name: m.descriptor.name.clone(),
-            value_type: m.descriptor.value_type,
-            last_good: None,
-            prefetched: None,
+            current: Kept::zero(m.descriptor.value_type),
             failure: None,
+            module: m.module as u32,
+            has_good: false,
+            fresh: false,
         });
         targets.push(CallTarget {
             module_name: Arc::clone(&module_names[m.module]),
@@ -227,11 +255,12 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
     interrupt::set_metric_labels(
         metrics
             .iter()
-            .map(|m| format!("{}: metric '{}'", module_states[m.module].id, m.name))
+            .zip(&names)
+            .map(|(m, name)| format!("{}: metric '{}'", module_states[m.module as usize].id, name))
             .collect(),
     );
     let (batch_of, batches) =
-        Python::attach(|py| collection_batches(py, &metrics, &descriptors, &input.collected));
+        Python::attach(|py| collection_batches(py, &metrics, &names, &input.collected));
     let targets: Targets = Arc::new(targets);
     let needs_worker = module_states.iter().any(|m| m.mode == CallMode::Protected);
     let worker = if needs_worker {
@@ -244,6 +273,8 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
         modules: loaded.modules,
         module_states,
         metrics,
+        names,
+        backed_off: 0,
         self_metrics: self_metric_list,
         modules_failed: loaded.failed.len(),
         targets,
@@ -253,12 +284,9 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
         table,
         settings,
         cleaned_up: false,
-        calls_since_signal_check: 0,
-        last_signal_check: Instant::now(),
+        stats_scratch: Vec::new(),
     };
-    if HOST.set(Mutex::new(state)).is_err() {
-        return Err("modpython was initialised twice at once".to_owned());
-    }
+    HOST.with(|h| h.set(Some(Box::leak(Box::new(RefCell::new(state))))));
     Ok(ptr)
 }
 
@@ -272,10 +300,10 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
 fn collection_batches(
     py: Python<'_>,
     metrics: &[MetricState],
-    descriptors: &[MetricDescriptor],
+    metric_names: &[Box<str>],
     collected: &[gmond_config::CollectedMetric],
 ) -> (Vec<Option<usize>>, Vec<Vec<usize>>) {
-    let names: Vec<&str> = descriptors.iter().map(|d| d.name.as_str()).collect();
+    let names: Vec<&str> = metric_names.iter().map(|n| &**n).collect();
     let re = py.import("re").ok();
     let search = |pattern: &str, name: &str| -> bool {
         re.as_ref()
@@ -288,12 +316,12 @@ fn collection_batches(
     for (i, metric) in metrics.iter().enumerate() {
         let mut groups: Vec<usize> = collected
             .iter()
-            .filter(|entry| entry.selects(&metric.name, &names, &search))
+            .filter(|entry| entry.selects(names[i], &names, &search))
             .map(|entry| entry.group)
             .collect();
         groups.dedup();
         let [group] = groups[..] else { continue };
-        let key = (metric.module, group);
+        let key = (metric.module as usize, group);
         let b = match keys.iter().position(|k| *k == key) {
             Some(b) => b,
             None => {
@@ -316,21 +344,16 @@ fn spawn_worker(targets: &Targets) -> Result<Worker, String> {
 /// gmond's `handler(index)`: the metric's current value, or its last good
 /// one when the call fails, is backed off, or its module is stuck.
 pub fn collect(index: i32) -> ffi::g_val_t {
-    let Some(mut guard) = host() else {
-        return Value::Uint(0).to_g_val();
-    };
-    let host = &mut *guard;
-    let Ok(index) = usize::try_from(index) else {
-        return Value::Uint(0).to_g_val();
-    };
-    if index >= host.metrics.len() {
-        return host.self_metric_value(index - host.metrics.len());
-    }
-    host.collect_python(index)
+    with_host(|host| match usize::try_from(index) {
+        Ok(i) if i < host.metrics.len() => host.collect_python(i),
+        Ok(i) => host.self_metric_value(i - host.metrics.len()),
+        Err(_) => Value::Uint(0).to_g_val(),
+    })
+    .unwrap_or_else(|| Value::Uint(0).to_g_val())
 }
 
 impl Host {
-    fn self_metric_value(&self, i: usize) -> ffi::g_val_t {
+    fn self_metric_value(&mut self, i: usize) -> ffi::g_val_t {
         let Some(metric) = self.self_metrics.get(i) else {
             log::error!(
                 "gmond asked for metric index {}, which modpython never registered",
@@ -338,84 +361,148 @@ impl Host {
             );
             return Value::Uint(0).to_g_val();
         };
-        let stats: Vec<Stats> = self
-            .module_states
-            .iter()
-            .map(|m| Stats {
+        self.stats_scratch.clear();
+        self.stats_scratch
+            .extend(self.module_states.iter().map(|m| Stats {
                 seconds: cycles::seconds(m.ticks),
                 ..m.stats
-            })
-            .collect();
+            }));
         let snapshot = Snapshot {
             modules_loaded: self.modules.len(),
             modules_failed: self.modules_failed,
-            per_module: &stats,
+            per_module: &self.stats_scratch,
         };
         metric.value(&snapshot).to_g_val()
     }
 
+    /// gmond collects a group's metrics one after the other every round, so
+    /// the first call of a round makes the calls of all the module's
+    /// metrics in that group (one hand-off to the worker, or one
+    /// acquisition of the GIL), and gmond's calls of the others just take
+    /// their values. This is the path of almost every call: keep it short.
+    #[inline]
     fn collect_python(&mut self, index: usize) -> ffi::g_val_t {
-        let module = self.metrics[index].module;
-        if !self.module_ready(module) {
-            return self.metrics[index].fallback();
-        }
-        if let Some(retry_at) = self.metrics[index]
-            .failure
-            .as_ref()
-            .and_then(|f| f.retry_at)
-        {
-            if Instant::now() < retry_at {
-                return self.metrics[index].fallback();
-            }
-        }
-        let state = &self.module_states[module];
-        let (mode, timeout) = (state.mode, state.timeout);
-        let started = cycles::now();
-        let outcome = match mode {
-            CallMode::Inline => self.batched_outcome(index, timeout, CallMode::Inline),
-            CallMode::Protected => self.batched_outcome(index, timeout, CallMode::Protected),
-        };
-        let state = &mut self.module_states[module];
-        state.stats.calls += 1;
-        // A call can also take a signal from gmond (signal.signal in inline
-        // mode, faulthandler.register from any thread); look now and then.
-        self.calls_since_signal_check += 1;
-        let look = self.calls_since_signal_check >= SIGNAL_CHECK_EVERY;
-        if look {
-            self.calls_since_signal_check = 0;
-        }
-        if look && self.last_signal_check.elapsed() >= Duration::from_secs(1) {
-            self.last_signal_check = Instant::now();
-            for problem in crate::signals::restore_changed() {
-                log::warn!(
-                    "{}: {problem} (noticed after its call of metric '{}')",
-                    state.id,
-                    self.metrics[index].name
-                );
-            }
-        }
-        state.ticks += cycles::now().wrapping_sub(started);
-        let retry_max = self.settings.retry_max_interval;
         let metric = &mut self.metrics[index];
+        if metric.fresh {
+            metric.fresh = false;
+            return metric.current.to_g_val();
+        }
+        self.make_calls(index);
+        self.metrics[index].current.to_g_val()
+    }
+
+    /// Makes this round's calls of `index` and of the siblings of its batch
+    /// (or of `index` alone), and applies their outcomes. Siblings that are
+    /// not called now — backed off, their module stuck, or left after a
+    /// late call — keep their value for this round.
+    #[cold]
+    fn make_calls(&mut self, index: usize) {
+        let module = self.metrics[index].module as usize;
+        let ready = self.module_ready(module);
+        let siblings: &[usize] = match self.batch_of[index] {
+            Some(b) => &self.batches[b],
+            None => &[],
+        };
+        let now = (self.backed_off > 0).then(Instant::now);
+        let due = |m: &MetricState| {
+            ready
+                && now.is_none_or(|now| {
+                    m.failure
+                        .as_ref()
+                        .and_then(|f| f.retry_at)
+                        .is_none_or(|at| now >= at)
+                })
+        };
+        let mut calls = Vec::with_capacity(siblings.len().max(1));
+        if due(&self.metrics[index]) {
+            calls.push(index);
+        }
+        for &j in siblings {
+            if j != index {
+                let sibling = &mut self.metrics[j];
+                sibling.fresh = true;
+                if due(sibling) {
+                    calls.push(j);
+                }
+            }
+        }
+        if calls.is_empty() {
+            return;
+        }
+        let (mode, timeout) = {
+            let state = &self.module_states[module];
+            (state.mode, state.timeout)
+        };
+        let started = cycles::now();
+        let stuck = match (mode, self.ensure_worker_if(mode == CallMode::Protected)) {
+            (CallMode::Protected, Some(worker)) => {
+                let reply = worker.call_batch(calls, timeout);
+                for (j, outcome) in reply.results {
+                    self.apply(j, outcome, mode, timeout);
+                }
+                reply.stuck
+            }
+            _ => {
+                let targets = Arc::clone(&self.targets);
+                dispatch::call_inline_batch(&targets, &calls, timeout, |j, outcome| {
+                    self.apply(j, outcome, mode, timeout)
+                });
+                None
+            }
+        };
+        self.module_states[module].ticks += cycles::now().wrapping_sub(started);
+        if let Some(stuck) = stuck {
+            // The old worker stays with its call; it exits when the call returns.
+            self.worker = None;
+            let elapsed = stuck.since.elapsed();
+            log::error!(
+                "{}: metric '{}' did not return within {:.1}s; gmond keeps its last good value and the call is left to finish in the background; the module's metrics are not called until it does",
+                self.module_states[module].id,
+                self.names[stuck.index],
+                elapsed.as_secs_f64()
+            );
+            let j = stuck.index;
+            self.module_states[module].stuck = Some(stuck);
+            self.apply(j, Outcome::TimedOut(elapsed), mode, timeout);
+        }
+        // A call can also take a signal from gmond (signal.signal in inline
+        // mode, faulthandler.register from any thread). Looking costs a few
+        // system calls, once per batch (a module's calls of a round), and
+        // then the module to blame is known.
+        for problem in crate::signals::restore_changed() {
+            log::warn!(
+                "{}: {problem} (noticed after its call of metric '{}')",
+                self.module_states[module].id,
+                self.names[index]
+            );
+        }
+    }
+
+    /// Records what one call came to: a new value for gmond, or a failure
+    /// logged, counted and maybe backed off (gmond keeps the last good value).
+    fn apply(&mut self, index: usize, outcome: Outcome, mode: CallMode, timeout: Duration) {
+        let metric = &mut self.metrics[index];
+        let state = &mut self.module_states[metric.module as usize];
+        state.stats.calls += 1;
+        let retry_max = self.settings.retry_max_interval;
+        let was_backed_off = metric.backed_off();
         match outcome {
             Outcome::Value(value) => {
+                metric.current.set(value);
+                metric.has_good = true;
                 if let Some(failure) = metric.failure.take() {
                     log::warn!(
                         "{}: metric '{}' recovered after {} failed call(s) over {}s",
                         state.id,
-                        metric.name,
+                        self.names[index],
                         failure.count,
                         failure.since.elapsed().as_secs()
                     );
                 }
-                let g = value.to_g_val();
-                metric.last_good = Some(g);
-                g
             }
             Outcome::Failed(failed) => {
                 state.stats.errors += 1;
-                metric.record_failure(&state.id, &failed, retry_max, true);
-                metric.fallback()
+                metric.record_failure(&state.id, &self.names[index], &failed, retry_max, true);
             }
             Outcome::TimedOut(elapsed) => {
                 state.stats.timeouts += 1;
@@ -434,9 +521,13 @@ impl Host {
                 // counts towards back-off, so a handler that hangs on every
                 // call does not cost gmond a deadline every round.
                 let log_first = mode == CallMode::Inline;
-                metric.record_failure(&state.id, &reason, retry_max, log_first);
-                metric.fallback()
+                metric.record_failure(&state.id, &self.names[index], &reason, retry_max, log_first);
             }
+        }
+        match (was_backed_off, metric.backed_off()) {
+            (false, true) => self.backed_off += 1,
+            (true, false) => self.backed_off -= 1,
+            _ => {}
         }
     }
 
@@ -452,63 +543,11 @@ impl Host {
         log::warn!(
             "{}: the stuck call of metric '{}' returned after {:.1}s; the module's metrics are called again",
             state.id,
-            self.metrics[stuck.index].name,
+            self.names[stuck.index],
             stuck.since.elapsed().as_secs_f64()
         );
         state.stuck = None;
         true
-    }
-
-    /// The outcome of a call: made this round already, in a batch with a
-    /// sibling, or now — together with the siblings gmond will ask for next
-    /// in the same round, at the price of one hand-off to the worker
-    /// (protected) or one acquisition of the GIL (inline).
-    fn batched_outcome(&mut self, index: usize, timeout: Duration, mode: CallMode) -> Outcome {
-        if let Some(outcome) = self.metrics[index].prefetched.take() {
-            return outcome;
-        }
-        let mut batch = vec![index];
-        if let Some(b) = self.batch_of[index] {
-            let now = Instant::now();
-            batch.extend(self.batches[b].iter().copied().filter(|&j| {
-                j != index
-                    && self.metrics[j]
-                        .failure
-                        .as_ref()
-                        .and_then(|f| f.retry_at)
-                        .is_none_or(|at| now >= at)
-            }));
-        }
-        let reply = match (mode, self.ensure_worker_if(mode == CallMode::Protected)) {
-            (CallMode::Protected, Some(worker)) => worker.call_batch(batch, timeout),
-            _ => dispatch::BatchReply {
-                results: dispatch::call_inline_batch(&self.targets, &batch, timeout),
-                stuck: None,
-            },
-        };
-        let mut mine = None;
-        for (j, outcome) in reply.results {
-            if j == index {
-                mine = Some(outcome);
-            } else {
-                self.metrics[j].prefetched = Some(outcome);
-            }
-        }
-        if let Some(stuck) = reply.stuck {
-            // The old worker stays with its call; it exits when the call returns.
-            self.worker = None;
-            let module = self.metrics[stuck.index].module;
-            let elapsed = stuck.since.elapsed();
-            log::error!(
-                "{}: metric '{}' did not return within {:.1}s; gmond keeps its last good value and the call is left to finish in the background; the module's metrics are not called until it does",
-                self.module_states[module].id,
-                self.metrics[stuck.index].name,
-                elapsed.as_secs_f64()
-            );
-            self.module_states[module].stuck = Some(stuck);
-            return mine.unwrap_or(Outcome::TimedOut(elapsed));
-        }
-        mine.unwrap_or(Outcome::TimedOut(Duration::ZERO))
     }
 
     /// The worker for protected calls (if `wanted`), started again if the
@@ -525,9 +564,8 @@ impl Host {
 }
 
 impl MetricState {
-    fn fallback(&self) -> ffi::g_val_t {
-        self.last_good
-            .unwrap_or_else(|| Value::zero(self.value_type).to_g_val())
+    fn backed_off(&self) -> bool {
+        self.failure.as_ref().is_some_and(|f| f.retry_at.is_some())
     }
 
     /// Logs the first failure of a run in full, then at most every ten
@@ -536,6 +574,7 @@ impl MetricState {
     fn record_failure(
         &mut self,
         module: &loader::ModuleRef,
+        name: &str,
         failed: &Failed,
         retry_max: Duration,
         log_first: bool,
@@ -543,30 +582,31 @@ impl MetricState {
         let now = Instant::now();
         match &mut self.failure {
             None if !log_first => {
-                self.failure = Some(Failure {
+                self.failure = Some(Box::new(Failure {
                     since: now,
                     count: 1,
                     last_logged: now,
                     retry_at: None,
-                });
+                }));
             }
             None => {
-                let kept = match &self.last_good {
-                    Some(_) => "gmond keeps its last good value",
-                    None => "it has no good value yet, so gmond gets zero/empty",
+                let kept = if self.has_good {
+                    "gmond keeps its last good value"
+                } else {
+                    "it has no good value yet, so gmond gets zero/empty"
                 };
                 log::error!(
                     "{module}: metric '{}' failed ({kept}; repeats are logged every {} minutes)\n{}",
-                    self.name,
+                    name,
                     REPEAT_LOG_EVERY.as_secs() / 60,
                     failed.detail()
                 );
-                self.failure = Some(Failure {
+                self.failure = Some(Box::new(Failure {
                     since: now,
                     count: 1,
                     last_logged: now,
                     retry_at: None,
-                });
+                }));
             }
             Some(failure) => {
                 failure.count += 1;
@@ -576,7 +616,7 @@ impl MetricState {
                     if failure.count == u64::from(BACKOFF_AFTER) {
                         log::warn!(
                             "{module}: metric '{}': {} failures in a row; it is now called at most every {}s, backing off to every {}s while it keeps failing",
-                            self.name,
+                            name,
                             failure.count,
                             pause.as_secs(),
                             retry_max.as_secs()
@@ -588,7 +628,7 @@ impl MetricState {
                     failure.last_logged = now;
                     log::error!(
                         "{module}: metric '{}' still failing: {} failed call(s) in {}s; latest: {}",
-                        self.name,
+                        name,
                         failure.count,
                         failure.since.elapsed().as_secs(),
                         failed.summary()
@@ -603,21 +643,24 @@ impl MetricState {
 /// [`CLEANUP_DEADLINE`] in all: a cleanup that never returns must not keep
 /// gmond from exiting or from re-executing itself on SIGHUP.
 pub fn cleanup() {
-    let Some(mut host) = host() else { return };
-    if host.cleaned_up {
-        return;
-    }
-    host.cleaned_up = true;
-    // Stop the call worker; it holds no state that needs finishing.
-    host.worker = None;
-    // Moved, not cloned: gmond's thread must not wait for the GIL here (a
-    // stuck call may hold it), so only the cleanup thread touches Python.
-    let modules: Vec<(loader::ModuleRef, Py<PyModule>)> = std::mem::take(&mut host.modules)
-        .into_iter()
-        .map(|m| (m.id, m.module))
-        .collect();
+    let taken = with_host(|host| {
+        if host.cleaned_up {
+            return None;
+        }
+        host.cleaned_up = true;
+        // Stop the call worker; it holds no state that needs finishing.
+        host.worker = None;
+        // Moved, not cloned: gmond's thread must not wait for the GIL here (a
+        // stuck call may hold it), so only the cleanup thread touches Python.
+        Some(
+            std::mem::take(&mut host.modules)
+                .into_iter()
+                .map(|m| (m.id, m.module))
+                .collect::<Vec<(loader::ModuleRef, Py<PyModule>)>>(),
+        )
+    });
+    let Some(Some(modules)) = taken else { return };
     let count = modules.len();
-    drop(host);
     // The cleanup thread reports each step it starts, then None when done.
     let (progress_tx, progress_rx) = std::sync::mpsc::channel::<Option<String>>();
     let spawned = std::thread::Builder::new()
@@ -657,11 +700,14 @@ pub fn cleanup() {
 
 /// The value gmond gets if `collect` itself panicked: the last good one.
 pub fn fallback_value(index: i32) -> ffi::g_val_t {
-    host()
-        .and_then(|h| {
+    with_host(|h| {
+        Some(
             h.metrics
-                .get(usize::try_from(index).ok()?)
-                .map(MetricState::fallback)
-        })
-        .unwrap_or_else(|| Value::Uint(0).to_g_val())
+                .get(usize::try_from(index).ok()?)?
+                .current
+                .to_g_val(),
+        )
+    })
+    .flatten()
+    .unwrap_or_else(|| Value::Uint(0).to_g_val())
 }

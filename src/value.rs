@@ -296,6 +296,55 @@ impl Value {
     }
 }
 
+/// A value as the host keeps it between gmond's calls: numbers in place,
+/// text boxed. gmond's string member alone is 64 bytes, and a metric's
+/// state is read on every call, so it is kept small for the common case.
+#[derive(Clone)]
+pub enum Kept {
+    Uint(u32),
+    Int(i32),
+    Float(f32),
+    Double(f64),
+    Str(Box<g_val_t>),
+}
+
+impl Kept {
+    /// The zero of a type: what gmond gets when a metric never had a good value.
+    pub fn zero(value_type: ValueType) -> Kept {
+        let mut kept = Kept::Uint(0);
+        kept.set(Value::zero(value_type));
+        kept
+    }
+
+    /// Keeps `value` (reusing the text's box).
+    pub fn set(&mut self, value: Value) {
+        *self = match (&mut *self, value) {
+            (Kept::Str(held), value @ Value::Str(_)) => {
+                **held = value.to_g_val();
+                return;
+            }
+            (_, value @ Value::Str(_)) => Kept::Str(Box::new(value.to_g_val())),
+            (_, Value::Uint(v)) => Kept::Uint(v),
+            (_, Value::Int(v)) => Kept::Int(v),
+            (_, Value::Float(v)) => Kept::Float(v),
+            (_, Value::Double(v)) => Kept::Double(v),
+        };
+    }
+
+    /// The union gmond reads, as [`Value::to_g_val`] makes it.
+    #[inline]
+    pub fn to_g_val(&self) -> g_val_t {
+        let number = match self {
+            Kept::Str(held) => return **held,
+            Kept::Uint(v) => Value::Uint(*v),
+            Kept::Int(v) => Value::Int(*v),
+            Kept::Float(v) => Value::Float(*v),
+            Kept::Double(v) => Value::Double(*v),
+        };
+        number.to_g_val()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

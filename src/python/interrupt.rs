@@ -10,8 +10,11 @@
 //! subprocess waits and ctypes calls end within milliseconds; a C loop that
 //! never checks signals, or a call stuck in the kernel, cannot be ended.
 //!
-//! The hot path only bumps a sequence number and stores the deadline; the
-//! watchdog works in ticks, so arming costs no clock read. A signal that
+//! Each call stores a sequence number and its start (the CPU's time-stamp
+//! counter, a few nanoseconds); the watchdog sleeps until the call in
+//! flight would be late, or for the shortest deadline while none is, so it
+//! wakes a few times a minute rather than on a fixed tick (each wake-up
+//! costs tens of microseconds of CPU in a virtual machine). A signal that
 //! arrives after its call ended is ignored by the handler, so it can never
 //! hit the next, innocent call.
 
@@ -30,19 +33,23 @@ fn deadline_signal() -> libc::c_int {
 /// Name of the exception raised into a late call (in builtins-free module `_modpython`).
 pub const DEADLINE_EXCEPTION: &str = "CallDeadlineExceeded";
 
-/// How often the watchdog looks. Each wake-up costs tens of microseconds of CPU in a virtual machine, so
-/// deadlines are checked twice a second: a late call is interrupted within
-/// half a second of its deadline.
-const TICK: Duration = Duration::from_millis(500);
-
 /// The call in flight (0 = none); odd/even does not matter, only identity.
 static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
 /// The call the watchdog last signalled.
 static TARGET: AtomicU64 = AtomicU64::new(0);
+/// When the call in flight started (`cycles::now`).
+static CALL_STARTED: AtomicU64 = AtomicU64::new(0);
 /// Deadline of the call in flight, in milliseconds.
 static DEADLINE_MS: AtomicU64 = AtomicU64::new(0);
-static NEXT_SEQ: AtomicU64 = AtomicU64::new(1);
+/// The shortest deadline ever armed: how long the watchdog may sleep while
+/// no call is in flight (a call starting meanwhile is then still caught on
+/// time).
+static SHORTEST_DEADLINE_MS: AtomicU64 = AtomicU64::new(u64::MAX);
+static NEXT_SEQ: AtomicU64 = AtomicU64::new(0);
+/// How long the call had run when the watchdog first signalled it, in ms.
+static FIRED_AFTER_MS: AtomicU64 = AtomicU64::new(0);
 static STARTED: AtomicBool = AtomicBool::new(false);
+static WATCHDOG: OnceLock<std::thread::Thread> = OnceLock::new();
 
 struct Installed {
     gmond_thread: libc::pthread_t,
@@ -67,8 +74,8 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     let raise_into = exception.clone().unbind();
     let handler = PyCFunction::new_closure(py, None, None, move |args, _kwargs| -> PyResult<()> {
         // Only the call the watchdog aimed at, and only while it still runs.
-        let target = TARGET.load(Ordering::SeqCst);
-        if target != 0 && IN_FLIGHT.load(Ordering::SeqCst) == target {
+        let target = TARGET.load(Ordering::Acquire);
+        if target != 0 && IN_FLIGHT.load(Ordering::Relaxed) == target {
             let py = args.py();
             return Err(PyErr::from_value(
                 raise_into
@@ -96,13 +103,19 @@ fn start_watchdog() {
     if STARTED.swap(true, Ordering::SeqCst) || INSTALLED.get().is_none() {
         return;
     }
-    if let Err(e) = std::thread::Builder::new()
+    crate::cycles::start();
+    match std::thread::Builder::new()
         .name("modpython-watchdog".to_owned())
         .spawn(watchdog)
     {
-        log::error!(
-            "cannot start the watchdog for inline calls ({e}); late inline calls will not be interrupted"
-        );
+        Ok(handle) => {
+            let _ = WATCHDOG.set(handle.thread().clone());
+        }
+        Err(e) => {
+            log::error!(
+                "cannot start the watchdog for inline calls ({e}); late inline calls will not be interrupted"
+            );
+        }
     }
 }
 
@@ -119,7 +132,18 @@ pub struct Armed(u64);
 impl Armed {
     /// Whether the watchdog signalled this call (it ran past its deadline).
     pub fn fired(&self) -> bool {
-        TARGET.load(Ordering::SeqCst) == self.0
+        TARGET.load(Ordering::Acquire) == self.0
+    }
+
+    /// How long the call had run when the watchdog first signalled it.
+    pub fn fired_after(&self) -> Duration {
+        Duration::from_millis(FIRED_AFTER_MS.load(Ordering::Acquire))
+    }
+
+    /// The next call of a batch, under the same guard: a new identity for
+    /// the watchdog, so each call gets its own deadline.
+    pub fn next(&mut self, index: usize) {
+        self.0 = begin_call(index);
     }
 }
 
@@ -135,7 +159,7 @@ pub fn set_metric_labels(labels: Vec<String>) {
 }
 
 fn label_of_current() -> String {
-    let i = LABEL_INDEX.load(Ordering::SeqCst);
+    let i = LABEL_INDEX.load(Ordering::Relaxed);
     if i == INIT {
         return "an inline module's import or metric_init".to_owned();
     }
@@ -145,21 +169,45 @@ fn label_of_current() -> String {
         .unwrap_or_else(|| format!("metric index {i}"))
 }
 
-/// Arms the watchdog for one inline call of metric `index`. Costs a few atomic stores.
+/// Arms the watchdog for one inline call of metric `index`, with `deadline`
+/// for it and for each call [`Armed::next`] starts.
 pub fn arm(deadline: Duration, index: usize) -> Armed {
     if !STARTED.load(Ordering::Relaxed) {
         start_watchdog();
     }
-    let seq = NEXT_SEQ.fetch_add(1, Ordering::Relaxed);
-    DEADLINE_MS.store(deadline.as_millis() as u64, Ordering::Relaxed);
+    let ms = deadline.as_millis() as u64;
+    DEADLINE_MS.store(ms, Ordering::Relaxed);
+    if ms < SHORTEST_DEADLINE_MS.load(Ordering::Relaxed) {
+        // Rare (a shorter deadline than any before): the watchdog may be in
+        // a longer sleep, which this call must not outlast.
+        SHORTEST_DEADLINE_MS.store(ms, Ordering::Relaxed);
+        if let Some(watchdog) = WATCHDOG.get() {
+            watchdog.unpark();
+        }
+    }
+    Armed(begin_call(index))
+}
+
+/// A few plain stores and a time-stamp counter read, no locked
+/// instruction: this runs before every inline call. Only gmond's thread
+/// arms (inline calls and inline imports run there), so the sequence needs
+/// no atomic increment; the watchdog only compares identities, and the
+/// signal handler runs on this same thread.
+#[inline]
+fn begin_call(index: usize) -> u64 {
+    let seq = NEXT_SEQ.load(Ordering::Relaxed).wrapping_add(1).max(1);
+    NEXT_SEQ.store(seq, Ordering::Relaxed);
     LABEL_INDEX.store(index, Ordering::Relaxed);
-    IN_FLIGHT.store(seq, Ordering::SeqCst);
-    Armed(seq)
+    // Before the sequence: a watchdog that sees this call's number sees
+    // its start or a later one, so it can be late by a few ns, never early.
+    CALL_STARTED.store(crate::cycles::now(), Ordering::Relaxed);
+    IN_FLIGHT.store(seq, Ordering::Release);
+    seq
 }
 
 impl Drop for Armed {
     fn drop(&mut self) {
-        IN_FLIGHT.store(0, Ordering::SeqCst);
+        IN_FLIGHT.store(0, Ordering::Release);
     }
 }
 
@@ -169,28 +217,41 @@ const RESEND_EVERY: Duration = Duration::from_millis(500);
 
 fn watchdog() {
     crate::signals::block_in_this_thread();
-    let mut watched = 0u64;
-    let mut ticks = 0u64;
     let mut reported = 0u64;
-    let mut last_sent: Option<Duration> = None;
+    // The call signalled last, and when.
+    let mut sent: Option<(u64, Duration)> = None;
     loop {
-        std::thread::sleep(TICK);
-        let current = IN_FLIGHT.load(Ordering::SeqCst);
-        if current == 0 || current != watched {
-            watched = current;
-            ticks = 0;
-            last_sent = None;
+        // No call may outlast a sleep by more than its deadline: a call
+        // with the shortest one may start at any moment.
+        let shortest = Duration::from_millis(
+            SHORTEST_DEADLINE_MS
+                .load(Ordering::Relaxed)
+                .clamp(10, 60_000),
+        );
+        let current = IN_FLIGHT.load(Ordering::Acquire);
+        if current == 0 {
+            std::thread::park_timeout(shortest);
             continue;
         }
-        ticks += 1;
-        let elapsed = TICK * ticks as u32;
+        let started = CALL_STARTED.load(Ordering::Relaxed);
+        let elapsed = Duration::from_secs_f64(crate::cycles::seconds(
+            crate::cycles::now().saturating_sub(started),
+        ));
         let deadline = Duration::from_millis(DEADLINE_MS.load(Ordering::Relaxed));
         if elapsed < deadline {
+            std::thread::park_timeout((deadline - elapsed).min(shortest));
             continue;
         }
-        if last_sent.is_none_or(|sent| elapsed >= sent + RESEND_EVERY) {
-            last_sent = Some(elapsed);
-            TARGET.store(current, Ordering::SeqCst);
+        let resend = match sent {
+            Some((call, at)) if call == current => elapsed >= at + RESEND_EVERY,
+            _ => true,
+        };
+        if resend {
+            if sent.is_none_or(|(call, _)| call != current) {
+                FIRED_AFTER_MS.store(elapsed.as_millis() as u64, Ordering::Release);
+            }
+            sent = Some((current, elapsed));
+            TARGET.store(current, Ordering::Release);
             if let Some(installed) = INSTALLED.get() {
                 // SAFETY: gmond's main thread lives as long as the process;
                 // the signal has a Python-level handler, so it cannot kill us.
@@ -206,5 +267,6 @@ fn watchdog() {
                 deadline.as_secs_f64()
             );
         }
+        std::thread::sleep(RESEND_EVERY);
     }
 }
