@@ -30,7 +30,7 @@ use pyo3::types::PyString;
 use crate::descriptor::ValueType;
 use crate::python::interrupt::{self, Armed};
 use crate::python::{errors, extract, stdio};
-use crate::value::{self, ConversionError, Value};
+use crate::value::{ConversionError, Value};
 
 /// Everything a worker needs to make one metric's call.
 pub struct CallTarget {
@@ -109,7 +109,7 @@ fn call_and_convert(
     target: &CallTarget,
 ) -> Result<Value, Result<PyErr, ConversionError>> {
     let result = match target.callback.bind(py).call1((target.py_name.bind(py),)) {
-        Ok(obj) => value::convert(&extract::returned(&obj), target.value_type).map_err(Err),
+        Ok(obj) => extract::converted(&obj, target.value_type).map_err(Err),
         Err(err) => Err(Ok(err)),
     };
     // A call that forked a copy of gmond (the child returns here, holding

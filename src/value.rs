@@ -188,21 +188,43 @@ fn to_real(number: Number, type_name: &str) -> Result<f64, ConversionError> {
 pub fn convert(returned: &Returned, value_type: ValueType) -> Result<Value, ConversionError> {
     match value_type {
         ValueType::String => to_text(returned).map(Value::Str),
+        numeric => to_numeric(returned.to_number()?, numeric),
+    }
+}
+
+/// [`convert`] for a plain int, without building a [`Returned`]: the
+/// common case, on every call.
+#[inline]
+pub fn convert_int(i: i64, value_type: ValueType) -> Result<Value, ConversionError> {
+    match value_type {
+        ValueType::String => convert(&Returned::Int(Some(i128::from(i))), value_type),
+        numeric => to_numeric(Number::Integer(i128::from(i)), numeric),
+    }
+}
+
+/// [`convert`] for a plain float, without building a [`Returned`].
+#[inline]
+pub fn convert_float(x: f64, value_type: ValueType) -> Result<Value, ConversionError> {
+    match value_type {
+        ValueType::String => convert(&Returned::Float(x), value_type),
+        numeric => to_numeric(Number::Real(x), numeric),
+    }
+}
+
+/// A number for a numeric metric type.
+fn to_numeric(number: Number, value_type: ValueType) -> Result<Value, ConversionError> {
+    match value_type {
+        ValueType::String => fail("internal error: a number was converted for a string metric"),
         ValueType::Uint => {
-            let n = to_integer(returned.to_number()?, 0, i128::from(u32::MAX), "uint")?;
+            let n = to_integer(number, 0, i128::from(u32::MAX), "uint")?;
             Ok(Value::Uint(n as u32))
         }
         ValueType::Int => {
-            let n = to_integer(
-                returned.to_number()?,
-                i128::from(i32::MIN),
-                i128::from(i32::MAX),
-                "int",
-            )?;
+            let n = to_integer(number, i128::from(i32::MIN), i128::from(i32::MAX), "int")?;
             Ok(Value::Int(n as i32))
         }
         ValueType::Float => {
-            let x = to_real(returned.to_number()?, "float")?;
+            let x = to_real(number, "float")?;
             if x.abs() > f64::from(f32::MAX) {
                 return fail(format!(
                     "{} is outside the range of a float metric; declare it double",
@@ -211,7 +233,7 @@ pub fn convert(returned: &Returned, value_type: ValueType) -> Result<Value, Conv
             }
             Ok(Value::Float(x as f32))
         }
-        ValueType::Double => to_real(returned.to_number()?, "double").map(Value::Double),
+        ValueType::Double => to_real(number, "double").map(Value::Double),
     }
 }
 
@@ -351,6 +373,57 @@ mod tests {
 
     fn s(text: &str) -> Returned {
         Returned::Str(text.to_owned())
+    }
+
+    #[test]
+    fn plain_int_and_float_paths_follow_the_general_rules() {
+        let types = [
+            ValueType::String,
+            ValueType::Uint,
+            ValueType::Int,
+            ValueType::Float,
+            ValueType::Double,
+        ];
+        let ints = [
+            0,
+            1,
+            -1,
+            42,
+            i64::from(i32::MAX),
+            i64::from(i32::MIN),
+            i64::from(i32::MIN) - 1,
+            i64::from(u32::MAX),
+            i64::from(u32::MAX) + 1,
+            i64::MAX,
+            i64::MIN,
+        ];
+        let floats = [
+            0.0,
+            -0.0,
+            0.5,
+            -2.7,
+            1e300,
+            4294967295.9,
+            4294967296.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::from(f32::MAX) * 2.0,
+        ];
+        for t in types {
+            for i in ints {
+                assert_eq!(
+                    convert_int(i, t),
+                    convert(&Returned::Int(Some(i128::from(i))), t),
+                    "{i} as {t:?}"
+                );
+            }
+            for x in floats {
+                let general = convert(&Returned::Float(x), t);
+                let plain = convert_float(x, t);
+                // NaN != NaN: compare what they say, not the bits.
+                assert_eq!(format!("{plain:?}"), format!("{general:?}"), "{x} as {t:?}");
+            }
+        }
     }
 
     fn ok(r: Returned, t: ValueType) -> Value {

@@ -6,8 +6,24 @@ use pyo3::types::{
     PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple,
 };
 
-use crate::descriptor::Field;
-use crate::value::Returned;
+use crate::descriptor::{Field, ValueType};
+use crate::value::{self, ConversionError, Returned, Value};
+
+/// What a metric callback returned, converted to the metric's type. A
+/// plain int or float (the common case) goes straight to its rule;
+/// anything else is taken out as a [`Returned`] first.
+#[inline]
+pub fn converted(obj: &Bound<'_, PyAny>, value_type: ValueType) -> Result<Value, ConversionError> {
+    // Exact types only: a bool or an int subclass may print differently.
+    if obj.is_exact_instance_of::<PyInt>() {
+        if let Ok(i) = obj.extract::<i64>() {
+            return value::convert_int(i, value_type);
+        }
+    } else if let Ok(f) = obj.cast_exact::<PyFloat>() {
+        return value::convert_float(f.value(), value_type);
+    }
+    value::convert(&returned(obj), value_type)
+}
 
 /// What a metric callback returned. Must be cheap: it runs on every call.
 pub fn returned(obj: &Bound<'_, PyAny>) -> Returned {

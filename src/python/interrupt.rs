@@ -10,13 +10,17 @@
 //! subprocess waits and ctypes calls end within milliseconds; a C loop that
 //! never checks signals, or a call stuck in the kernel, cannot be ended.
 //!
-//! Each call stores a sequence number and its start (the CPU's time-stamp
-//! counter, a few nanoseconds); the watchdog sleeps until the call in
-//! flight would be late, or for the shortest deadline while none is, so it
-//! wakes a few times a minute rather than on a fixed tick (each wake-up
-//! costs tens of microseconds of CPU in a virtual machine). A signal that
-//! arrives after its call ended is ignored by the handler, so it can never
-//! hit the next, innocent call.
+//! Each call of a batch stores a sequence number, nothing more (a clock
+//! read per call would cost as much as the rest of our bookkeeping); the
+//! batch stores when it started. The watchdog knows when the first call of
+//! a batch started, and that any other call started no later than when the
+//! watchdog first saw it in flight. It wakes every half of the shortest
+//! deadline while idle and every quarter of the deadline while a call is in
+//! flight, so a late call is interrupted at its deadline and at most half a
+//! deadline later, at a cost of a few wake-ups a minute (each costs tens of
+//! microseconds of CPU in a virtual machine). A signal that arrives after
+//! its call ended is ignored by the handler, so it can never hit the next,
+//! innocent call.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -37,8 +41,9 @@ pub const DEADLINE_EXCEPTION: &str = "CallDeadlineExceeded";
 static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
 /// The call the watchdog last signalled.
 static TARGET: AtomicU64 = AtomicU64::new(0);
-/// When the call in flight started (`cycles::now`).
-static CALL_STARTED: AtomicU64 = AtomicU64::new(0);
+/// When the current batch started (`cycles::now`), and its first call.
+static BATCH_STARTED: AtomicU64 = AtomicU64::new(0);
+static BATCH_FIRST: AtomicU64 = AtomicU64::new(0);
 /// Deadline of the call in flight, in milliseconds.
 static DEADLINE_MS: AtomicU64 = AtomicU64::new(0);
 /// The shortest deadline ever armed: how long the watchdog may sleep while
@@ -127,12 +132,17 @@ pub fn is_deadline(py: Python<'_>, err: &PyErr) -> bool {
 }
 
 /// Marks an inline call in flight until the guard is dropped.
-pub struct Armed(u64);
+pub struct Armed {
+    seq: u64,
+    /// Whether [`Armed::next`] has been called: the call `arm` began is the
+    /// first one of the batch.
+    moved_on: bool,
+}
 
 impl Armed {
     /// Whether the watchdog signalled this call (it ran past its deadline).
     pub fn fired(&self) -> bool {
-        TARGET.load(Ordering::Acquire) == self.0
+        TARGET.load(Ordering::Acquire) == self.seq
     }
 
     /// How long the call had run when the watchdog first signalled it.
@@ -141,9 +151,15 @@ impl Armed {
     }
 
     /// The next call of a batch, under the same guard: a new identity for
-    /// the watchdog, so each call gets its own deadline.
+    /// the watchdog, so each call gets its own deadline. The first time,
+    /// it is the call `arm` began (whose start the watchdog knows exactly).
     pub fn next(&mut self, index: usize) {
-        self.0 = begin_call(index);
+        if self.moved_on {
+            self.seq = begin_call(index);
+        } else {
+            self.moved_on = true;
+            LABEL_INDEX.store(index, Ordering::Relaxed);
+        }
     }
 }
 
@@ -185,11 +201,17 @@ pub fn arm(deadline: Duration, index: usize) -> Armed {
             watchdog.unpark();
         }
     }
-    Armed(begin_call(index))
+    BATCH_STARTED.store(crate::cycles::now(), Ordering::Relaxed);
+    let seq = begin_call(index);
+    BATCH_FIRST.store(seq, Ordering::Release);
+    Armed {
+        seq,
+        moved_on: false,
+    }
 }
 
-/// A few plain stores and a time-stamp counter read, no locked
-/// instruction: this runs before every inline call. Only gmond's thread
+/// A few plain stores, no clock read and no locked instruction: this runs
+/// before every inline call. Only gmond's thread
 /// arms (inline calls and inline imports run there), so the sequence needs
 /// no atomic increment; the watchdog only compares identities, and the
 /// signal handler runs on this same thread.
@@ -198,9 +220,6 @@ fn begin_call(index: usize) -> u64 {
     let seq = NEXT_SEQ.load(Ordering::Relaxed).wrapping_add(1).max(1);
     NEXT_SEQ.store(seq, Ordering::Relaxed);
     LABEL_INDEX.store(index, Ordering::Relaxed);
-    // Before the sequence: a watchdog that sees this call's number sees
-    // its start or a later one, so it can be late by a few ns, never early.
-    CALL_STARTED.store(crate::cycles::now(), Ordering::Relaxed);
     IN_FLIGHT.store(seq, Ordering::Release);
     seq
 }
@@ -220,9 +239,9 @@ fn watchdog() {
     let mut reported = 0u64;
     // The call signalled last, and when.
     let mut sent: Option<(u64, Duration)> = None;
+    // The call in flight at the last look, and when it started at the latest.
+    let mut seen: Option<(u64, u64)> = None;
     loop {
-        // No call may outlast a sleep by more than its deadline: a call
-        // with the shortest one may start at any moment.
         let shortest = Duration::from_millis(
             SHORTEST_DEADLINE_MS
                 .load(Ordering::Relaxed)
@@ -230,16 +249,26 @@ fn watchdog() {
         );
         let current = IN_FLIGHT.load(Ordering::Acquire);
         if current == 0 {
-            std::thread::park_timeout(shortest);
+            seen = None;
+            std::thread::park_timeout(shortest / 2);
             continue;
         }
-        let started = CALL_STARTED.load(Ordering::Relaxed);
-        let elapsed = Duration::from_secs_f64(crate::cycles::seconds(
-            crate::cycles::now().saturating_sub(started),
-        ));
+        let now = crate::cycles::now();
+        // Read after `current`: a newer batch's start, if one began since,
+        // only makes the call look younger, never older.
+        let started = if BATCH_FIRST.load(Ordering::Acquire) == current {
+            BATCH_STARTED.load(Ordering::Relaxed)
+        } else {
+            match seen {
+                Some((call, at)) if call == current => at,
+                _ => now,
+            }
+        };
+        seen = Some((current, started));
+        let elapsed = Duration::from_secs_f64(crate::cycles::seconds(now.saturating_sub(started)));
         let deadline = Duration::from_millis(DEADLINE_MS.load(Ordering::Relaxed));
         if elapsed < deadline {
-            std::thread::park_timeout((deadline - elapsed).min(shortest));
+            std::thread::park_timeout((deadline - elapsed).min(deadline / 4).min(shortest / 2));
             continue;
         }
         let resend = match sent {
