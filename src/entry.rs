@@ -69,7 +69,13 @@ extern "C" fn init(pool: *mut apr_pool_t) -> c_int {
                 pool: unsafe { GmondPool::from_init(pool) },
             };
             let pool_handle = input.pool;
-            match host::init(input) {
+            let result = host::init(input);
+            // Loading leaves megabytes freed but still resident in glibc's
+            // arenas (metric_init's descriptors were converted on the
+            // loading thread, whose arena the call worker inherits).
+            // SAFETY: malloc_trim only returns free memory to the kernel.
+            unsafe { libc::malloc_trim(0) };
+            match result {
                 Ok(table) => {
                     pool_handle.on_shutdown(shutdown_hook);
                     // SAFETY: as above; gmond reads metrics_info right after init returns.

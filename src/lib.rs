@@ -36,6 +36,7 @@ pub mod gmond_log;
 pub mod guard;
 pub mod host;
 pub mod metric_table;
+pub mod pcre;
 pub mod permissions;
 pub mod python;
 pub mod self_metrics;

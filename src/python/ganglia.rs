@@ -72,31 +72,57 @@ fn _emit_record(levelno: i64, text: &str, logger: &str, file_module: &str) {
     }
 }
 
-/// The Python half: the `logging.Handler` subclass and its installation.
+/// The Python half: the `logging.Handler` subclass, made and installed when `logging` is first imported.
 const PYTHON_PART: &std::ffi::CStr = cr#"
-import logging as _logging
+import sys as _sys
 
-class LogHandler(_logging.Handler):
-    """Sends logging records to gmond's log, tagged with the module's name.
-
-    The host installs one on the root logger at start. CRITICAL and ERROR
-    become errors, WARNING warnings (both always logged); INFO and DEBUG are
-    shown when gmond runs with a debug level above 1.
-    """
-
-    def emit(self, record):
-        try:
-            _emit_record(record.levelno, self.format(record), record.name,
-                         getattr(record, "module", "") or "python")
-        except Exception:
-            self.handleError(record)
+# `logging` (with re, traceback, threading... ~30 modules, ~2.5 MB and
+# ~15 ms) is imported only when something asks for it: a module's own
+# `import logging`, or `ganglia.LogHandler`. Our handler goes on the root
+# logger as soon as the logging package has executed.
+_verbose = False
+_handler_class = None
 
 
-def _install_logging(verbose):
+def _make_handler_class(_logging):
+    global _handler_class
+    if _handler_class is not None:
+        return _handler_class
+
+    class LogHandler(_logging.Handler):
+        """Sends logging records to gmond's log, tagged with the module's name.
+
+        The host installs one on the root logger at start. CRITICAL and ERROR
+        become errors, WARNING warnings (both always logged); INFO and DEBUG are
+        shown when gmond runs with a debug level above 1.
+        """
+
+        def emit(self, record):
+            try:
+                _emit_record(record.levelno, self.format(record), record.name,
+                             getattr(record, "module", "") or "python")
+            except Exception:
+                self.handleError(record)
+
+    LogHandler.__module__ = "ganglia"
+    LogHandler.__qualname__ = "LogHandler"
+    _handler_class = LogHandler
+    return LogHandler
+
+
+def __getattr__(name):
+    if name == "LogHandler":
+        import logging
+        return _make_handler_class(logging)
+    raise AttributeError("module 'ganglia' has no attribute %r" % name)
+
+
+def _setup(_logging):
+    LogHandler = _make_handler_class(_logging)
     root = _logging.getLogger()
     if not any(isinstance(h, LogHandler) for h in root.handlers):
         root.addHandler(LogHandler())
-    if verbose:
+    if _verbose:
         root.setLevel(_logging.DEBUG)
     original = _logging.basicConfig
     if getattr(original, "_modpython", False):
@@ -128,6 +154,54 @@ def _install_logging(verbose):
     basicConfig.__doc__ = original.__doc__
     basicConfig._modpython = True
     _logging.basicConfig = basicConfig
+
+
+class _LoadingHook:
+    """A sys.meta_path entry that finds nothing itself: when `logging` is
+    imported for the first time, it lets the other finders find it and has
+    _setup run right after the package executed. Removes itself then."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "logging":
+            return None
+        if self in _sys.meta_path:
+            _sys.meta_path.remove(self)
+        for finder in _sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = find(name, path, target) if find is not None else None
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _AfterLoading(spec.loader)
+        return spec
+
+
+class _AfterLoading:
+    """Delegates to the real loader; runs _setup once logging has executed."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        _setup(module)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+def _install_logging(verbose):
+    global _verbose
+    _verbose = verbose
+    if "logging" in _sys.modules:
+        _setup(_sys.modules["logging"])
+    elif not any(isinstance(f, _LoadingHook) for f in _sys.meta_path):
+        _sys.meta_path.insert(0, _LoadingHook())
 "#;
 
 #[pymodule]

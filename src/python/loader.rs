@@ -591,8 +591,12 @@ fn check_not_shadowed(py: Python<'_>, dir: &Path, id: &ModuleRef) -> Result<(), 
         let spec = if let Ok(existing) = sys_modules.get_item(id.name.as_str()) {
             existing.getattr("__spec__").ok()
         } else {
-            py.import("importlib.util")?
-                .call_method1("find_spec", (id.name.as_str(),))
+            // importlib.util.find_spec(name) for a top-level name is
+            // importlib._bootstrap._find_spec(name, None); the frozen
+            // bootstrap is always loaded, importlib.util (and what it
+            // imports) would cost ~1 MB and ~5 ms at start.
+            py.import("_frozen_importlib")?
+                .call_method1("_find_spec", (id.name.as_str(), py.None()))
                 .ok()
         };
         let Some(spec) = spec.filter(|s| !s.is_none()) else {
