@@ -332,7 +332,7 @@ impl Worker {
 
     /// One call, as a batch of one; `Err` when the worker got stuck in it.
     pub fn call(&self, index: usize, deadline: Duration) -> Result<Outcome, Stuck> {
-        let reply = self.call_batch(vec![index], deadline);
+        let reply = self.call_batch(&[index], deadline);
         match reply.stuck {
             Some(stuck) => Err(stuck),
             None => Ok(reply
@@ -350,10 +350,14 @@ impl Worker {
     /// on these machines is most of the price (see the module docs). When a
     /// call overruns, the results made before it come back with `stuck`
     /// set, and the worker must not be used again.
-    pub fn call_batch(&self, batch: Vec<usize>, deadline: Duration) -> BatchReply {
+    pub fn call_batch(&self, batch: &[usize], deadline: Duration) -> BatchReply {
         let slot = &self.slot;
         slot.progress.store(0, Ordering::Relaxed);
-        *slot.batch.lock().unwrap_or_else(|p| p.into_inner()) = batch.clone();
+        {
+            let mut requested = slot.batch.lock().unwrap_or_else(|p| p.into_inner());
+            requested.clear();
+            requested.extend_from_slice(batch);
+        }
         slot.state.store(REQUESTED, Ordering::SeqCst);
         if slot.worker_asleep.load(Ordering::SeqCst) {
             self.thread.unpark();
@@ -435,6 +439,8 @@ fn worker_loop(slot: &Slot, targets: &[CallTarget]) {
     // from one round to the next.
     Python::attach(|py| {
         let mut made: Vec<(usize, Result<Value, Failed>)> = Vec::new();
+        // Swapped with the slot's request, so neither side allocates per batch.
+        let mut batch: Vec<usize> = Vec::new();
         loop {
             // Between batches the GIL is released, so module threads run.
             let work = py.detach(|| wait_for_request(slot));
@@ -442,8 +448,10 @@ fn worker_loop(slot: &Slot, targets: &[CallTarget]) {
                 return;
             }
             loop {
-                let batch =
-                    std::mem::take(&mut *slot.batch.lock().unwrap_or_else(|p| p.into_inner()));
+                std::mem::swap(
+                    &mut batch,
+                    &mut *slot.batch.lock().unwrap_or_else(|p| p.into_inner()),
+                );
                 let mut abandoned = false;
                 in_module_scopes(py, targets, &batch, |target, index| {
                     // A panic must not kill the worker with the request

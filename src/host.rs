@@ -30,6 +30,11 @@ const REPEAT_LOG_EVERY: Duration = Duration::from_secs(600);
 const BACKOFF_AFTER: u32 = 3;
 /// The first pause of a backed-off handler; it doubles up to `retry_max_interval`.
 const BACKOFF_FIRST: Duration = Duration::from_secs(10);
+/// While one module's metrics are called one after another, gmond's signal
+/// handlers are checked (4 system calls) at most this often.
+const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// ... looking at the clock only every this many batches.
+const SIGNAL_CHECK_CLOCK_EVERY: u32 = 16;
 /// How long gmond's shutdown waits for all `metric_cleanup()` calls.
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -116,6 +121,14 @@ pub struct Host {
     table: MetricTable,
     settings: HostSettings,
     cleaned_up: bool,
+    /// The module (and metric) called last, which gets the blame for a
+    /// signal handler found changed before the next module's call.
+    last_called: Option<(usize, usize)>,
+    last_signal_check: Instant,
+    /// Batches since then: the clock is read only every few.
+    batches_since_signal_check: u32,
+    /// Reused for each batch's list of calls.
+    calls_scratch: Vec<usize>,
     /// Reused for the self metrics' snapshot.
     stats_scratch: Vec<Stats>,
 }
@@ -285,6 +298,10 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
         settings,
         cleaned_up: false,
         stats_scratch: Vec::new(),
+        last_called: None,
+        last_signal_check: Instant::now(),
+        batches_since_signal_check: 0,
+        calls_scratch: Vec::new(),
     };
     HOST.with(|h| h.set(Some(Box::leak(Box::new(RefCell::new(state))))));
     Ok(ptr)
@@ -438,7 +455,8 @@ impl Host {
                         .is_none_or(|at| now >= at)
                 })
         };
-        let mut calls = Vec::with_capacity(siblings.len().max(1));
+        let mut calls = std::mem::take(&mut self.calls_scratch);
+        calls.clear();
         if due(&self.metrics[index]) {
             calls.push(index);
         }
@@ -452,8 +470,10 @@ impl Host {
             }
         }
         if calls.is_empty() {
+            self.calls_scratch = calls;
             return;
         }
+        self.check_signals_before(module);
         let (mode, timeout) = {
             let state = &self.module_states[module];
             (state.mode, state.timeout)
@@ -461,7 +481,7 @@ impl Host {
         let started = cycles::now();
         let stuck = match (mode, self.ensure_worker_if(mode == CallMode::Protected)) {
             (CallMode::Protected, Some(worker)) => {
-                let reply = worker.call_batch(calls, timeout);
+                let reply = worker.call_batch(&calls, timeout);
                 for (j, outcome) in reply.results {
                     self.apply(j, outcome, mode, timeout);
                 }
@@ -476,6 +496,7 @@ impl Host {
             }
         };
         self.module_states[module].ticks += cycles::now().wrapping_sub(started);
+        self.calls_scratch = calls;
         if let Some(stuck) = stuck {
             // The old worker stays with its call; it exits when the call returns.
             self.worker = None;
@@ -490,15 +511,34 @@ impl Host {
             self.module_states[module].stuck = Some(stuck);
             self.apply(j, Outcome::TimedOut(elapsed), mode, timeout);
         }
-        // A call can also take a signal from gmond (signal.signal in inline
-        // mode, faulthandler.register from any thread). Looking costs a few
-        // system calls, once per batch (a module's calls of a round), and
-        // then the module to blame is known.
+        self.last_called = Some((module, index));
+    }
+
+    /// A call can take a signal from gmond (signal.signal in inline mode,
+    /// faulthandler.register from any thread). Looking costs a few system
+    /// calls, so it is done before another module is called (once per
+    /// module and round when gmond collects in groups), which also tells
+    /// which module to blame, and at most once a second while the same
+    /// module's metrics are called one by one.
+    fn check_signals_before(&mut self, module: usize) {
+        let Some((previous, metric)) = self.last_called else {
+            return;
+        };
+        if previous == module {
+            self.batches_since_signal_check += 1;
+            if self.batches_since_signal_check < SIGNAL_CHECK_CLOCK_EVERY
+                || self.last_signal_check.elapsed() < SIGNAL_CHECK_INTERVAL
+            {
+                return;
+            }
+        }
+        self.batches_since_signal_check = 0;
+        self.last_signal_check = Instant::now();
         for problem in crate::signals::restore_changed() {
             log::warn!(
                 "{}: {problem} (noticed after its call of metric '{}')",
-                self.module_states[module].id,
-                self.names[index]
+                self.module_states[previous].id,
+                self.names[metric]
             );
         }
     }
