@@ -822,12 +822,13 @@ pub fn run(options: &Options) -> Report {
         .collect();
     check_collection(&setup, options, &mut report);
 
-    interrupt::set_metric_labels(
-        metrics
+    interrupt::set_metric_labels(interrupt::Labels {
+        modules: modules.iter().map(|m| m.id.to_string()).collect(),
+        metrics: metrics
             .iter()
-            .map(|m| format!("{}: metric '{}'", modules[m.module].id, m.descriptor.name))
+            .map(|m| (m.module as u32, Arc::from(m.descriptor.name.as_str())))
             .collect(),
-    );
+    });
     let module_names: Vec<Arc<str>> = modules
         .iter()
         .map(|m| Arc::from(m.id.name.as_str()))

@@ -254,7 +254,7 @@ struct Slot {
     /// The metrics to call, in order (see [`Worker::call_batch`]).
     batch: Mutex<Vec<usize>>,
     /// Their results, in the same order; published a chunk at a time.
-    results: Mutex<Vec<(usize, Result<Value, Failed>)>>,
+    results: Mutex<Vec<(usize, Made)>>,
     /// How many calls of the batch have returned: tells gmond's thread that
     /// a long batch is moving, and which call is stuck when it is not.
     progress: AtomicUsize,
@@ -266,6 +266,10 @@ struct Slot {
     /// gmond's thread, woken when a result is ready.
     caller: Thread,
 }
+
+/// What the worker made of one call; failures (rare) boxed to keep the
+/// hand-over buffer small.
+type Made = Result<Value, Box<Failed>>;
 
 /// Results are handed over this many at a time: one lock per call would
 /// cost as much as a trivial call, while a stuck batch should still give
@@ -297,12 +301,6 @@ impl Stuck {
     }
 }
 
-/// What a batch of calls produced; `stuck` when gmond stopped waiting.
-pub struct BatchReply {
-    pub results: Vec<(usize, Outcome)>,
-    pub stuck: Option<Stuck>,
-}
-
 impl Worker {
     /// Starts a worker for calls made from the current thread (gmond's).
     pub fn spawn(targets: Targets) -> std::io::Result<Worker> {
@@ -332,15 +330,10 @@ impl Worker {
 
     /// One call, as a batch of one; `Err` when the worker got stuck in it.
     pub fn call(&self, index: usize, deadline: Duration) -> Result<Outcome, Stuck> {
-        let reply = self.call_batch(&[index], deadline);
-        match reply.stuck {
+        let mut outcome = None;
+        match self.call_batch(&[index], deadline, |_, o| outcome = Some(o)) {
             Some(stuck) => Err(stuck),
-            None => Ok(reply
-                .results
-                .into_iter()
-                .next()
-                .map(|(_, outcome)| outcome)
-                .unwrap_or(Outcome::TimedOut(Duration::ZERO))),
+            None => Ok(outcome.unwrap_or(Outcome::TimedOut(Duration::ZERO))),
         }
     }
 
@@ -348,9 +341,14 @@ impl Worker {
     /// `deadline`. Handing a whole collection round's worth of one module's
     /// calls over at once costs one wake-up instead of one per call, which
     /// on these machines is most of the price (see the module docs). When a
-    /// call overruns, the results made before it come back with `stuck`
-    /// set, and the worker must not be used again.
-    pub fn call_batch(&self, batch: &[usize], deadline: Duration) -> BatchReply {
+    /// call overruns, the outcomes made before it are still handed to
+    /// `each`, `stuck` is returned, and the worker must not be used again.
+    pub fn call_batch(
+        &self,
+        batch: &[usize],
+        deadline: Duration,
+        mut each: impl FnMut(usize, Outcome),
+    ) -> Option<Stuck> {
         let slot = &self.slot;
         slot.progress.store(0, Ordering::Relaxed);
         {
@@ -392,20 +390,24 @@ impl Worker {
             }
             slot.caller_asleep.store(false, Ordering::SeqCst);
         }
-        let results = std::mem::take(&mut *slot.results.lock().unwrap_or_else(|p| p.into_inner()))
-            .into_iter()
-            .map(|(index, result)| {
-                let outcome = match result {
-                    Ok(value) => Outcome::Value(value),
-                    Err(failed) => Outcome::Failed(failed),
-                };
-                (index, outcome)
-            })
-            .collect();
+        {
+            // Drained, not taken: the buffer keeps its capacity from round to
+            // round (the worker appends to it under the same lock).
+            let mut results = slot.results.lock().unwrap_or_else(|p| p.into_inner());
+            for (index, result) in results.drain(..) {
+                each(
+                    index,
+                    match result {
+                        Ok(value) => Outcome::Value(value),
+                        Err(failed) => Outcome::Failed(*failed),
+                    },
+                );
+            }
+        }
         if stuck.is_none() {
             slot.state.store(IDLE, Ordering::SeqCst);
         }
-        BatchReply { results, stuck }
+        stuck
     }
 }
 
@@ -438,7 +440,7 @@ fn worker_loop(slot: &Slot, targets: &[CallTarget]) {
     // keep per-thread state (threading.local, a cached connection) keep it
     // from one round to the next.
     Python::attach(|py| {
-        let mut made: Vec<(usize, Result<Value, Failed>)> = Vec::new();
+        let mut made: Vec<(usize, Made)> = Vec::new();
         // Swapped with the slot's request, so neither side allocates per batch.
         let mut batch: Vec<usize> = Vec::new();
         loop {
@@ -457,13 +459,14 @@ fn worker_loop(slot: &Slot, targets: &[CallTarget]) {
                     // A panic must not kill the worker with the request
                     // pending: gmond's thread would take the module for hung.
                     let result = panic::catch_unwind(AssertUnwindSafe(|| {
-                        call_and_convert(py, target).map_err(|failure| described(py, failure))
+                        call_and_convert(py, target)
+                            .map_err(|failure| Box::new(described(py, failure)))
                     }))
                     .unwrap_or_else(|_| {
-                        Err(Failed::Value(ConversionError(
+                        Err(Box::new(Failed::Value(ConversionError(
                             "internal error in modpython while making the call (please report it)"
                                 .to_owned(),
-                        )))
+                        ))))
                     });
                     made.push((index, result));
                     slot.progress.fetch_add(1, Ordering::Release);
@@ -495,7 +498,7 @@ fn worker_loop(slot: &Slot, targets: &[CallTarget]) {
 }
 
 /// Hands the results made so far to gmond's thread.
-fn publish(slot: &Slot, made: &mut Vec<(usize, Result<Value, Failed>)>) {
+fn publish(slot: &Slot, made: &mut Vec<(usize, Made)>) {
     if !made.is_empty() {
         slot.results
             .lock()

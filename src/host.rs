@@ -104,7 +104,7 @@ pub struct Host {
     module_states: Vec<ModuleState>,
     metrics: Vec<MetricState>,
     /// The metrics' names, by index (only messages need them).
-    names: Vec<Box<str>>,
+    names: Vec<Arc<str>>,
     /// How many metrics are backed off (their failure has a `retry_at`):
     /// while none are, a round need not look at each one's failure.
     backed_off: usize,
@@ -265,13 +265,14 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
     } else {
         log::warn!("{message}");
     }
-    interrupt::set_metric_labels(
-        metrics
+    interrupt::set_metric_labels(interrupt::Labels {
+        modules: module_states.iter().map(|m| m.id.to_string()).collect(),
+        metrics: metrics
             .iter()
             .zip(&names)
-            .map(|(m, name)| format!("{}: metric '{}'", module_states[m.module as usize].id, name))
+            .map(|(m, name)| (m.module, Arc::clone(name)))
             .collect(),
-    );
+    });
     let (batch_of, batches) =
         Python::attach(|py| collection_batches(py, &metrics, &names, &input.collected));
     let targets: Targets = Arc::new(targets);
@@ -317,7 +318,7 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
 fn collection_batches(
     py: Python<'_>,
     metrics: &[MetricState],
-    metric_names: &[Box<str>],
+    metric_names: &[Arc<str>],
     collected: &[gmond_config::CollectedMetric],
 ) -> (Vec<Option<usize>>, Vec<Vec<usize>>) {
     let names: Vec<&str> = metric_names.iter().map(|n| &**n).collect();
@@ -479,15 +480,24 @@ impl Host {
             (state.mode, state.timeout)
         };
         let started = cycles::now();
-        let stuck = match (mode, self.ensure_worker_if(mode == CallMode::Protected)) {
-            (CallMode::Protected, Some(worker)) => {
-                let reply = worker.call_batch(&calls, timeout);
-                for (j, outcome) in reply.results {
-                    self.apply(j, outcome, mode, timeout);
+        // Taken out while it works, so the outcomes can be applied as they come.
+        let worker = match mode {
+            CallMode::Protected => self.ensure_worker().then(|| self.worker.take()).flatten(),
+            CallMode::Inline => None,
+        };
+        let stuck = match worker {
+            Some(worker) => {
+                let stuck = worker.call_batch(&calls, timeout, |j, outcome| {
+                    self.apply(j, outcome, mode, timeout)
+                });
+                if stuck.is_none() {
+                    // A stuck worker is dropped: it stays with its call and
+                    // exits when the call returns.
+                    self.worker = Some(worker);
                 }
-                reply.stuck
+                stuck
             }
-            _ => {
+            None => {
                 let targets = Arc::clone(&self.targets);
                 dispatch::call_inline_batch(&targets, &calls, timeout, |j, outcome| {
                     self.apply(j, outcome, mode, timeout)
@@ -498,8 +508,6 @@ impl Host {
         self.module_states[module].ticks += cycles::now().wrapping_sub(started);
         self.calls_scratch = calls;
         if let Some(stuck) = stuck {
-            // The old worker stays with its call; it exits when the call returns.
-            self.worker = None;
             let elapsed = stuck.since.elapsed();
             log::error!(
                 "{}: metric '{}' did not return within {:.1}s; gmond keeps its last good value and the call is left to finish in the background; the module's metrics are not called until it does",
@@ -615,16 +623,16 @@ impl Host {
         true
     }
 
-    /// The worker for protected calls (if `wanted`), started again if the
+    /// Whether a worker for protected calls is there, started again if the
     /// last one got stuck.
-    fn ensure_worker_if(&mut self, wanted: bool) -> Option<&Worker> {
-        if wanted && self.worker.is_none() {
+    fn ensure_worker(&mut self) -> bool {
+        if self.worker.is_none() {
             match spawn_worker(&self.targets) {
                 Ok(w) => self.worker = Some(w),
                 Err(e) => log::error!("{e}; the call is made on gmond's thread instead"),
             }
         }
-        self.worker.as_ref()
+        self.worker.is_some()
     }
 }
 

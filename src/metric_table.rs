@@ -5,6 +5,7 @@
 //! `MetricTable` is built once and never changed or moved out of its heap
 //! buffers; the host keeps it alive until the process ends.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::ptr;
 
@@ -45,14 +46,24 @@ impl MetricTable {
     ) -> MetricTable {
         let pool = pool.sub_pool();
         let mut strings = Vec::new();
-        let mut keep = |text: &str| -> *mut libc::c_char {
+        // Units, slopes, formats and often descriptions repeat from metric
+        // to metric: one copy of each text (gmond only reads them).
+        let mut shared: HashMap<String, *mut libc::c_char> = HashMap::new();
+        let mut keep = |text: &str, share: bool| -> *mut libc::c_char {
+            if let Some(p) = shared.get(text) {
+                return *p;
+            }
             let c = c_string(text);
             // The CString's heap buffer does not move when the CString does.
             let p = c.as_ptr() as *mut libc::c_char;
             strings.push(c);
+            if share {
+                shared.insert(text.to_owned(), p);
+            }
             p
         };
-        let mut entries = Vec::new();
+        let descriptors = descriptors.into_iter();
+        let mut entries = Vec::with_capacity(descriptors.size_hint().0 + 1);
         for d in descriptors {
             let metadata = if pool.is_null() {
                 ptr::null_mut()
@@ -61,14 +72,14 @@ impl MetricTable {
             };
             entries.push(ffi::Ganglia_25metric {
                 key: 0,
-                name: keep(&d.name),
+                name: keep(&d.name, false),
                 tmax: d.time_max,
                 type_: value_type_code(d.value_type),
-                units: keep(&d.units),
-                slope: keep(&d.slope),
-                fmt: keep(&d.format),
+                units: keep(&d.units, true),
+                slope: keep(&d.slope, true),
+                fmt: keep(&d.format, true),
                 msg_size: d.value_type.msg_size(),
-                desc: keep(&d.description),
+                desc: keep(&d.description, true),
                 metadata: metadata as *mut libc::c_int,
             });
         }

@@ -169,10 +169,19 @@ impl Armed {
 pub const INIT: usize = usize::MAX;
 
 static LABEL_INDEX: AtomicUsize = AtomicUsize::new(INIT);
-static METRIC_LABELS: OnceLock<Vec<String>> = OnceLock::new();
+static METRIC_LABELS: OnceLock<Labels> = OnceLock::new();
 
-/// Names the metrics by index, once they are known ("module 'x' (…): metric 'y'").
-pub fn set_metric_labels(labels: Vec<String>) {
+/// What names a metric in the watchdog's messages: its module's label
+/// ("module 'x' (path)") and its name, shared with the host rather than
+/// formatted for every metric in advance.
+pub struct Labels {
+    pub modules: Vec<String>,
+    /// Per metric index: its module (index into `modules`) and name.
+    pub metrics: Vec<(u32, std::sync::Arc<str>)>,
+}
+
+/// Names the metrics by index, once they are known.
+pub fn set_metric_labels(labels: Labels) {
     let _ = METRIC_LABELS.set(labels);
 }
 
@@ -183,7 +192,13 @@ fn label_of_current() -> String {
     }
     METRIC_LABELS
         .get()
-        .and_then(|l| l.get(i).cloned())
+        .and_then(|l| {
+            let (module, name) = l.metrics.get(i)?;
+            Some(format!(
+                "{}: metric '{name}'",
+                l.modules.get(*module as usize)?
+            ))
+        })
         .unwrap_or_else(|| format!("metric index {i}"))
 }
 
