@@ -931,8 +931,9 @@ fn check_collection(setup: &Setup, options: &Options, report: &mut Report) {
 }
 
 /// Every distinct `name_match` expression, with the metric names it finds
-/// (Python's `re.search`, the closest to gmond's PCRE at hand) or why it
-/// does not compile. The GIL is taken once for all of them.
+/// or why it does not compile: with gmond's libpcre, as gmond and the host
+/// match them, or Python's `re.search` (the GIL taken once for all) where
+/// libpcre cannot be loaded.
 fn name_match_results<'a>(
     entries: &'a [CollectedMetric],
     names: &[&'a str],
@@ -943,6 +944,23 @@ fn name_match_results<'a>(
         .filter_map(|e| e.name_match.as_deref())
         .collect();
     if patterns.is_empty() {
+        return results;
+    }
+    let pcre = crate::pcre::Matcher::in_process();
+    if pcre.available() {
+        for pattern in patterns {
+            if results.contains_key(pattern) {
+                continue;
+            }
+            let matched = pcre.check(pattern).map(|()| {
+                names
+                    .iter()
+                    .copied()
+                    .filter(|name| pcre.search(pattern, name))
+                    .collect()
+            });
+            results.insert(pattern, matched);
+        }
         return results;
     }
     Python::attach(|py| {

@@ -211,7 +211,11 @@ pub fn call_inline_batch(
 /// One inline call under `armed`, which is moved on to this call.
 fn inline_one(py: Python<'_>, target: &CallTarget, index: usize, armed: &mut Armed) -> Outcome {
     armed.next(index);
-    let result = match call_and_convert(py, target) {
+    let returned = call_and_convert(py, target);
+    // Out of flight before anything else runs: a late signal must not land
+    // in our bookkeeping (or gmond's log writes) between calls.
+    armed.pause();
+    let result = match returned {
         Ok(value) => Some(Ok(value)),
         // A deadline exception is ours, not the module's.
         Err(Ok(err)) if interrupt::is_deadline(py, &err) => None,
@@ -341,8 +345,9 @@ impl Worker {
     /// `deadline`. Handing a whole collection round's worth of one module's
     /// calls over at once costs one wake-up instead of one per call, which
     /// on these machines is most of the price (see the module docs). When a
-    /// call overruns, the outcomes made before it are still handed to
-    /// `each`, `stuck` is returned, and the worker must not be used again.
+    /// call overruns, `stuck` is returned and the worker must not be used
+    /// again; the outcomes it published before (all but at most the last
+    /// [`PUBLISH_EVERY`]) are still handed to `each`.
     pub fn call_batch(
         &self,
         batch: &[usize],
@@ -376,7 +381,8 @@ impl Worker {
                     since = Instant::now();
                 }
                 let elapsed = since.elapsed();
-                if elapsed >= deadline {
+                // Every call has returned: the worker is only finishing up.
+                if elapsed >= deadline && progress < batch.len() {
                     slot.abandoned.store(true, Ordering::SeqCst);
                     self.thread.unpark();
                     stuck = Some(Stuck {

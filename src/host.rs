@@ -31,12 +31,16 @@ const BACKOFF_AFTER: u32 = 3;
 /// The first pause of a backed-off handler; it doubles up to `retry_max_interval`.
 const BACKOFF_FIRST: Duration = Duration::from_secs(10);
 /// While one module's metrics are called one after another, gmond's signal
-/// handlers are checked (4 system calls) at most this often.
+/// handlers are checked (4 system calls) after a batch at most this often.
 const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// ... looking at the clock only every this many batches.
-const SIGNAL_CHECK_CLOCK_EVERY: u32 = 16;
 /// How long gmond's shutdown waits for all `metric_cleanup()` calls.
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy)]
+enum SignalCheck {
+    BeforeCalling,
+    AfterCalling,
+}
 
 /// What gmond hands `init`, already copied out of its structures.
 pub struct InitInput {
@@ -125,8 +129,6 @@ pub struct Host {
     /// signal handler found changed before the next module's call.
     last_called: Option<(usize, usize)>,
     last_signal_check: Instant,
-    /// Batches since then: the clock is read only every few.
-    batches_since_signal_check: u32,
     /// Reused for each batch's list of calls.
     calls_scratch: Vec<usize>,
     /// Reused for the self metrics' snapshot.
@@ -273,8 +275,15 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
             .map(|(m, name)| (m.module, Arc::clone(name)))
             .collect(),
     });
-    let (batch_of, batches) =
-        Python::attach(|py| collection_batches(py, &metrics, &names, &input.collected));
+    let (batch_of, batches) = Python::attach(|py| {
+        // gmond tells exact names from prefixes among all it registered,
+        // our own metrics included.
+        let own: Vec<&str> = descriptors[metrics.len()..]
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        collection_batches(py, &metrics, &names, &own, &input.collected)
+    });
     let targets: Targets = Arc::new(targets);
     let needs_worker = module_states.iter().any(|m| m.mode == CallMode::Protected);
     let worker = if needs_worker {
@@ -301,7 +310,6 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
         stats_scratch: Vec::new(),
         last_called: None,
         last_signal_check: Instant::now(),
-        batches_since_signal_check: 0,
         calls_scratch: Vec::new(),
     };
     HOST.with(|h| h.set(Some(Box::leak(Box::new(RefCell::new(state))))));
@@ -310,15 +318,16 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
 
 /// Groups each module's metrics by the collection group that collects
 /// them, as gmond selects them (exact name, else case-insensitive prefix;
-/// `name_match` by regular expression, Python's `re` standing in for
-/// PCRE). gmond calls a group's metrics one after the other every round,
-/// so the first call of a round can have the worker make them all at once.
-/// A metric in no group, or in several (collected at different times), is
-/// called on its own.
+/// `name_match` by regular expression, with gmond's own libpcre where it
+/// can be found, Python's `re` standing in otherwise). gmond calls a
+/// group's metrics one after the other every round, so the first call of a
+/// round can have the worker make them all at once. A metric that no
+/// entry, or more than one, selects is called on its own.
 fn collection_batches(
     py: Python<'_>,
     metrics: &[MetricState],
     metric_names: &[Arc<str>],
+    other_registered: &[&str],
     collected: &[gmond_config::CollectedMetric],
 ) -> (Vec<Option<usize>>, Vec<Vec<usize>>) {
     let names: Vec<&str> = metric_names.iter().map(|n| &**n).collect();
@@ -341,7 +350,8 @@ fn collection_batches(
     // Whether an entry's `name` is a registered metric name does not depend
     // on the metric: looked up once per entry, not once per metric and entry
     // (that was a scan of all names each time, O(N²): ~75 ms at N = 10,000).
-    let registered: std::collections::HashSet<&str> = names.iter().copied().collect();
+    let registered: std::collections::HashSet<&str> =
+        names.iter().chain(other_registered).copied().collect();
     let entry_names: Vec<Vec<&str>> = collected
         .iter()
         .map(|e| {
@@ -356,14 +366,17 @@ fn collection_batches(
     let mut batches: Vec<Vec<usize>> = Vec::new();
     let mut batch_of = vec![None; metrics.len()];
     for (i, metric) in metrics.iter().enumerate() {
-        let mut groups: Vec<usize> = collected
+        // Exactly one entry: a metric two entries select is collected
+        // twice a round (or at two rates), and a second call must not start
+        // a second round of its batch.
+        let mut selecting = collected
             .iter()
             .zip(&entry_names)
-            .filter(|(entry, exact)| entry.selects(names[i], exact, &search))
-            .map(|(entry, _)| entry.group)
-            .collect();
-        groups.dedup();
-        let [group] = groups[..] else { continue };
+            .filter(|(entry, exact)| entry.selects(names[i], exact, &search));
+        let (Some((entry, _)), None) = (selecting.next(), selecting.next()) else {
+            continue;
+        };
+        let group = entry.group;
         let key = (metric.module as usize, group);
         let b = match keys.iter().position(|k| *k == key) {
             Some(b) => b,
@@ -474,7 +487,7 @@ impl Host {
             self.calls_scratch = calls;
             return;
         }
-        self.check_signals_before(module);
+        self.check_signals(module, SignalCheck::BeforeCalling);
         let (mode, timeout) = {
             let state = &self.module_states[module];
             (state.mode, state.timeout)
@@ -520,27 +533,27 @@ impl Host {
             self.apply(j, Outcome::TimedOut(elapsed), mode, timeout);
         }
         self.last_called = Some((module, index));
+        self.check_signals(module, SignalCheck::AfterCalling);
     }
 
     /// A call can take a signal from gmond (signal.signal in inline mode,
     /// faulthandler.register from any thread). Looking costs a few system
     /// calls, so it is done before another module is called (once per
     /// module and round when gmond collects in groups), which also tells
-    /// which module to blame, and at most once a second while the same
-    /// module's metrics are called one by one.
-    fn check_signals_before(&mut self, module: usize) {
+    /// which module to blame, and after a batch when a second has passed
+    /// since the last look (so a site with one module gets its handlers
+    /// back before gmond goes idle until the next round).
+    fn check_signals(&mut self, module: usize, when: SignalCheck) {
         let Some((previous, metric)) = self.last_called else {
             return;
         };
-        if previous == module {
-            self.batches_since_signal_check += 1;
-            if self.batches_since_signal_check < SIGNAL_CHECK_CLOCK_EVERY
-                || self.last_signal_check.elapsed() < SIGNAL_CHECK_INTERVAL
-            {
-                return;
-            }
+        let due = match when {
+            SignalCheck::BeforeCalling => previous != module,
+            SignalCheck::AfterCalling => self.last_signal_check.elapsed() >= SIGNAL_CHECK_INTERVAL,
+        };
+        if !due {
+            return;
         }
-        self.batches_since_signal_check = 0;
         self.last_signal_check = Instant::now();
         for problem in crate::signals::restore_changed() {
             log::warn!(

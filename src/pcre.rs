@@ -1,8 +1,9 @@
 //! gmond's own regular expressions: `collection_group { metric { name_match } }`
 //! is matched by gmond with libpcre (`pcre_compile(pattern, 0, …)`, then
 //! `pcre_exec` on the metric name). gmond links libpcre, so the host uses the
-//! very same functions, found at run time: exact gmond semantics, and no
-//! Python `re` (18 modules, ~1.2 MB, ~9 ms) imported at start.
+//! very same functions, found at run time, and `modpython-check` loads the
+//! same library: exact gmond semantics for both, and no Python `re` (18
+//! modules, ~1.2 MB, ~9 ms) imported at gmond's start.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -26,34 +27,22 @@ type Exec = unsafe extern "C" fn(
     c_int,
 ) -> c_int;
 
-/// libpcre's functions if the process has them (gmond does; test programs
-/// may not), with each pattern compiled once.
+/// libpcre's functions if the process has them (gmond does) or the
+/// system's libpcre3 can be loaded (the checker), with each pattern
+/// compiled once.
 pub struct Matcher {
     functions: Option<(Compile, Exec)>,
-    compiled: RefCell<HashMap<String, *mut c_void>>,
+    compiled: RefCell<HashMap<String, Result<*mut c_void, String>>>,
 }
 
 impl Matcher {
     pub fn in_process() -> Matcher {
-        // SAFETY: dlsym with RTLD_DEFAULT and NUL-terminated names.
-        let (compile, exec) = unsafe {
-            (
-                libc::dlsym(libc::RTLD_DEFAULT, c"pcre_compile".as_ptr()),
-                libc::dlsym(libc::RTLD_DEFAULT, c"pcre_exec".as_ptr()),
-            )
-        };
-        let functions = (!compile.is_null() && !exec.is_null()).then(|| {
-            // SAFETY: these are libpcre's pcre_compile and pcre_exec, whose C
-            // signatures (pcre.h, libpcre3) the two types spell out.
-            unsafe {
-                (
-                    std::mem::transmute::<*mut c_void, Compile>(compile),
-                    std::mem::transmute::<*mut c_void, Exec>(exec),
-                )
-            }
-        });
         Matcher {
-            functions,
+            functions: functions(libc::RTLD_DEFAULT).or_else(|| {
+                // SAFETY: loading a shared library by its NUL-terminated name.
+                let handle = unsafe { libc::dlopen(c"libpcre.so.3".as_ptr(), libc::RTLD_NOW) };
+                (!handle.is_null()).then(|| functions(handle)).flatten()
+            }),
             compiled: RefCell::new(HashMap::new()),
         }
     }
@@ -62,33 +51,28 @@ impl Matcher {
         self.functions.is_some()
     }
 
+    /// Whether `pattern` compiles, and PCRE's message if not.
+    pub fn check(&self, pattern: &str) -> Result<(), String> {
+        self.compiled_pattern(pattern).map(|_| ())
+    }
+
     /// Whether `pattern` matches `name` as gmond decides it (`pcre_exec`
     /// finds a match); false if the pattern does not compile (gmond then
     /// selects nothing either) or libpcre is not there.
     pub fn search(&self, pattern: &str, name: &str) -> bool {
-        let Some((compile, exec)) = self.functions else {
+        let Some((_, exec)) = self.functions else {
             return false;
         };
         let Ok(length) = c_int::try_from(name.len()) else {
             return false;
         };
-        let mut cache = self.compiled.borrow_mut();
-        let re = *cache.entry(pattern.to_owned()).or_insert_with(|| {
-            let Ok(p) = CString::new(pattern) else {
-                return std::ptr::null_mut();
-            };
-            let mut error: *const c_char = std::ptr::null();
-            let mut offset: c_int = 0;
-            // SAFETY: a NUL-terminated pattern, valid out-pointers, default tables.
-            unsafe { compile(p.as_ptr(), 0, &mut error, &mut offset, std::ptr::null()) }
-        });
-        if re.is_null() {
+        let Ok(re) = self.compiled_pattern(pattern) else {
             return false;
-        }
+        };
         let mut ovector = [0 as c_int; 30];
         // SAFETY: a pattern pcre_compile returned (never freed: one per
-        // distinct name_match, for the life of gmond), the subject and its
-        // length, and an ovector of 30 ints.
+        // distinct name_match, for the life of the process), the subject
+        // and its length, and an ovector of 30 ints.
         let rc = unsafe {
             exec(
                 re,
@@ -103,6 +87,59 @@ impl Matcher {
         };
         rc >= 0
     }
+
+    fn compiled_pattern(&self, pattern: &str) -> Result<*mut c_void, String> {
+        let Some((compile, _)) = self.functions else {
+            return Err("libpcre is not available".to_owned());
+        };
+        let mut cache = self.compiled.borrow_mut();
+        cache
+            .entry(pattern.to_owned())
+            .or_insert_with(|| {
+                let p = CString::new(pattern)
+                    .map_err(|_| "the expression contains a NUL byte".to_owned())?;
+                let mut error: *const c_char = std::ptr::null();
+                let mut offset: c_int = 0;
+                // SAFETY: a NUL-terminated pattern, valid out-pointers, default tables.
+                let re =
+                    unsafe { compile(p.as_ptr(), 0, &mut error, &mut offset, std::ptr::null()) };
+                if !re.is_null() {
+                    return Ok(re);
+                }
+                let message = if error.is_null() {
+                    "it does not compile".to_owned()
+                } else {
+                    // SAFETY: PCRE's error texts are static NUL-terminated strings.
+                    unsafe { std::ffi::CStr::from_ptr(error) }
+                        .to_string_lossy()
+                        .into_owned()
+                };
+                Err(format!("{message} at offset {offset}"))
+            })
+            .clone()
+    }
+}
+
+/// pcre_compile and pcre_exec from `handle` (or RTLD_DEFAULT), if there.
+fn functions(handle: *mut c_void) -> Option<(Compile, Exec)> {
+    // SAFETY: dlsym with a handle dlopen returned (or RTLD_DEFAULT) and
+    // NUL-terminated names.
+    let (compile, exec) = unsafe {
+        (
+            libc::dlsym(handle, c"pcre_compile".as_ptr()),
+            libc::dlsym(handle, c"pcre_exec".as_ptr()),
+        )
+    };
+    (!compile.is_null() && !exec.is_null()).then(|| {
+        // SAFETY: these are libpcre's pcre_compile and pcre_exec, whose C
+        // signatures (pcre.h, libpcre3) the two types spell out.
+        unsafe {
+            (
+                std::mem::transmute::<*mut c_void, Compile>(compile),
+                std::mem::transmute::<*mut c_void, Exec>(exec),
+            )
+        }
+    })
 }
 
 #[cfg(test)]
@@ -111,15 +148,8 @@ mod tests {
 
     #[test]
     fn matches_as_gmond_does_with_its_own_libpcre() {
-        // gmond links libpcre (Debian's libpcre3); a test program does not.
-        // SAFETY: loading a shared library by name; RTLD_GLOBAL makes its
-        // symbols visible to dlsym(RTLD_DEFAULT) as they are in gmond.
-        let handle =
-            unsafe { libc::dlopen(c"libpcre.so.3".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
-        assert!(
-            !handle.is_null(),
-            "libpcre.so.3 (gmond's dependency) is not installed"
-        );
+        // gmond links libpcre (Debian's libpcre3, which ganglia-monitor
+        // depends on); a test program loads it.
         let m = Matcher::in_process();
         assert!(m.available());
         assert!(m.search("^bm_", "bm_00001"));

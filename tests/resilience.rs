@@ -545,7 +545,12 @@ def sleepy(name):
     global _calls
     _calls += 1
     if _calls > 1:
-        time.sleep(60)
+        start = time.monotonic()
+        try:
+            time.sleep(60)
+        finally:
+            # The module's own clock, not the watchdog's estimate.
+            sys.stderr.write("res_inl_sleep ran %.3fs\n" % (time.monotonic() - start))
     return 5
 
 def ok(name):
@@ -648,6 +653,17 @@ fn inline_mode_interrupts_late_calls() {
             "{metric} ran {ran}s with a {deadline}s deadline"
         );
     }
+    // How long the call really ran, by the module's own clock: interrupted
+    // at its deadline, and at most half a deadline later (the watchdog,
+    // which reads no clock per call, may see a call start late by up to a
+    // quarter of its deadline or half the shortest one, 0.25 s here).
+    let line = g.wait_line(&["res_inl_sleep ran "], secs(15));
+    let ran = number_in(&g, &line, "res_inl_sleep ran ", "s");
+    gmond_assert!(
+        g,
+        (1.0..1.5).contains(&ran),
+        "res_inl_sleep really ran {ran}s with a 1s deadline"
+    );
     // Back-off takes the late handlers out of most rounds; gmond collects on.
     for metric in ["res_inl_sleep", "res_inl_swallow", "res_inl_loop"] {
         g.wait_line(

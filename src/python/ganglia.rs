@@ -82,6 +82,10 @@ import sys as _sys
 # logger as soon as the logging package has executed.
 _verbose = False
 _handler_class = None
+# Set once our handler is on the root logger; until then the hook below
+# keeps watching for `import logging` (a first import that failed, e.g.
+# interrupted at a deadline, is retried by the next one).
+_handler_installed = False
 
 
 def _make_handler_class(_logging):
@@ -118,10 +122,12 @@ def __getattr__(name):
 
 
 def _setup(_logging):
+    global _handler_installed
     LogHandler = _make_handler_class(_logging)
     root = _logging.getLogger()
     if not any(isinstance(h, LogHandler) for h in root.handlers):
         root.addHandler(LogHandler())
+    _handler_installed = True
     if _verbose:
         root.setLevel(_logging.DEBUG)
     original = _logging.basicConfig
@@ -159,14 +165,16 @@ def _setup(_logging):
 class _LoadingHook:
     """A sys.meta_path entry that finds nothing itself: when `logging` is
     imported for the first time, it lets the other finders find it and has
-    _setup run right after the package executed. Removes itself then."""
+    _setup run right after the package executed. It stays in sys.meta_path
+    (removing it while another thread walks the list could make that
+    import skip a finder) and does nothing once _setup has run."""
 
     def find_spec(self, name, path=None, target=None):
-        if name != "logging":
+        if name != "logging" or _handler_installed:
             return None
-        if self in _sys.meta_path:
-            _sys.meta_path.remove(self)
-        for finder in _sys.meta_path:
+        for finder in list(_sys.meta_path):
+            if finder is self:
+                continue
             find = getattr(finder, "find_spec", None)
             spec = find(name, path, target) if find is not None else None
             if spec is not None:

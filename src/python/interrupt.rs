@@ -41,7 +41,7 @@ pub const DEADLINE_EXCEPTION: &str = "CallDeadlineExceeded";
 static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
 /// The call the watchdog last signalled.
 static TARGET: AtomicU64 = AtomicU64::new(0);
-/// When the current batch started (`cycles::now`), and its first call.
+/// When the current batch started ([`monotonic_ns`]), and its first call.
 static BATCH_STARTED: AtomicU64 = AtomicU64::new(0);
 static BATCH_FIRST: AtomicU64 = AtomicU64::new(0);
 /// Deadline of the call in flight, in milliseconds.
@@ -110,7 +110,7 @@ fn start_watchdog() {
     if STARTED.swap(true, Ordering::SeqCst) || INSTALLED.get().is_none() {
         return;
     }
-    crate::cycles::start();
+    monotonic_ns();
     match std::thread::Builder::new()
         .name("modpython-watchdog".to_owned())
         .spawn(watchdog)
@@ -124,6 +124,15 @@ fn start_watchdog() {
             );
         }
     }
+}
+
+/// The system's monotonic clock, in ns since the first use: one reading
+/// per batch, comparable across CPUs (unlike the time-stamp counter, which
+/// a virtual machine need not keep in step).
+fn monotonic_ns() -> u64 {
+    static ANCHOR: OnceLock<std::time::Instant> = OnceLock::new();
+    let anchor = ANCHOR.get_or_init(std::time::Instant::now);
+    u64::try_from(anchor.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Whether `err` is the exception the watchdog raised.
@@ -152,6 +161,11 @@ impl Armed {
         Duration::from_millis(FIRED_AFTER_MS.load(Ordering::Acquire))
     }
 
+    /// Marks the call just made as no longer in flight (until `next`).
+    pub fn pause(&self) {
+        IN_FLIGHT.store(0, Ordering::Release);
+    }
+
     /// The next call of a batch, under the same guard: a new identity for
     /// the watchdog, so each call gets its own deadline. The first time,
     /// it is the call `arm` began (whose start the watchdog knows exactly).
@@ -161,6 +175,7 @@ impl Armed {
         } else {
             self.moved_on = true;
             LABEL_INDEX.store(index, Ordering::Relaxed);
+            IN_FLIGHT.store(self.seq, Ordering::Release);
         }
     }
 }
@@ -208,7 +223,10 @@ pub fn arm(deadline: Duration, index: usize) -> Armed {
     if !STARTED.load(Ordering::Relaxed) {
         start_watchdog();
     }
-    let ms = deadline.as_millis() as u64;
+    // Rounded up: a deadline is never cut short.
+    let ms = u64::try_from(deadline.as_nanos().div_ceil(1_000_000))
+        .unwrap_or(u64::MAX)
+        .max(1);
     DEADLINE_MS.store(ms, Ordering::Relaxed);
     if ms < SHORTEST_DEADLINE_MS.load(Ordering::Relaxed) {
         // Rare (a shorter deadline than any before): the watchdog may be in
@@ -218,7 +236,7 @@ pub fn arm(deadline: Duration, index: usize) -> Armed {
             watchdog.unpark();
         }
     }
-    BATCH_STARTED.store(crate::cycles::now(), Ordering::Relaxed);
+    BATCH_STARTED.store(monotonic_ns(), Ordering::Relaxed);
     let seq = begin_call(index);
     BATCH_FIRST.store(seq, Ordering::Release);
     Armed {
@@ -270,7 +288,7 @@ fn watchdog() {
             std::thread::park_timeout(shortest / 2);
             continue;
         }
-        let now = crate::cycles::now();
+        let now = monotonic_ns();
         // Read after `current`: a newer batch's start, if one began since,
         // only makes the call look younger, never older.
         let started = if BATCH_FIRST.load(Ordering::Acquire) == current {
@@ -282,7 +300,7 @@ fn watchdog() {
             }
         };
         seen = Some((current, started));
-        let elapsed = Duration::from_secs_f64(crate::cycles::seconds(now.saturating_sub(started)));
+        let elapsed = Duration::from_nanos(now.saturating_sub(started));
         let deadline = Duration::from_millis(DEADLINE_MS.load(Ordering::Relaxed));
         if elapsed < deadline {
             std::thread::park_timeout((deadline - elapsed).min(deadline / 4).min(shortest / 2));
