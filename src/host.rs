@@ -36,6 +36,23 @@ const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long gmond's shutdown waits for all `metric_cleanup()` calls.
 const CLEANUP_DEADLINE: Duration = Duration::from_secs(10);
 
+/// The calls of one round: a whole batch, or those of it that are due.
+enum Calls {
+    Batch(Arc<[usize]>),
+    Some(Vec<usize>),
+}
+
+impl std::ops::Deref for Calls {
+    type Target = [usize];
+
+    fn deref(&self) -> &[usize] {
+        match self {
+            Calls::Batch(batch) => batch,
+            Calls::Some(list) => list,
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 enum SignalCheck {
     BeforeCalling,
@@ -119,7 +136,7 @@ pub struct Host {
     /// The batch (index into `batches`) of each Python metric, if any.
     batch_of: Vec<Option<usize>>,
     /// Metrics of one module that one collection group collects together.
-    batches: Vec<Vec<usize>>,
+    batches: Vec<Arc<[usize]>>,
     /// Makes protected calls; replaced when it gets stuck.
     worker: Option<Worker>,
     table: MetricTable,
@@ -329,7 +346,7 @@ fn collection_batches(
     metric_names: &[Arc<str>],
     other_registered: &[&str],
     collected: &[gmond_config::CollectedMetric],
-) -> (Vec<Option<usize>>, Vec<Vec<usize>>) {
+) -> (Vec<Option<usize>>, Vec<Arc<[usize]>>) {
     let names: Vec<&str> = metric_names.iter().map(|n| &**n).collect();
     // gmond's own libpcre when it is in the process (it is, in gmond);
     // Python's `re` only otherwise (imported then, not at every start).
@@ -389,7 +406,7 @@ fn collection_batches(
         batches[b].push(i);
         batch_of[i] = Some(b);
     }
-    (batch_of, batches)
+    (batch_of, batches.into_iter().map(Arc::from).collect())
 }
 
 fn spawn_worker(targets: &Targets) -> Result<Worker, String> {
@@ -455,6 +472,84 @@ impl Host {
     fn make_calls(&mut self, index: usize) {
         let module = self.metrics[index].module as usize;
         let ready = self.module_ready(module);
+        let calls = match self.batch_of[index] {
+            // The usual round: the whole batch, as it is (each call's
+            // outcome marks its metric fresh).
+            Some(b) if ready && self.backed_off == 0 => Calls::Batch(Arc::clone(&self.batches[b])),
+            _ => Calls::Some(self.calls_due(index, ready)),
+        };
+        if calls.is_empty() {
+            if let Calls::Some(list) = calls {
+                self.calls_scratch = list;
+            }
+            return;
+        }
+        self.check_signals(module, SignalCheck::BeforeCalling);
+        let (mode, timeout) = {
+            let state = &self.module_states[module];
+            (state.mode, state.timeout)
+        };
+        let started = cycles::now();
+        // Taken out while it works, so the outcomes can be applied as they come.
+        let worker = match mode {
+            CallMode::Protected => self.ensure_worker().then(|| self.worker.take()).flatten(),
+            CallMode::Inline => None,
+        };
+        let mut made = 0;
+        let stuck = match worker {
+            Some(worker) => {
+                let stuck = worker.call_batch(&calls, timeout, |j, outcome| {
+                    made += 1;
+                    self.apply(index, j, outcome, mode, timeout)
+                });
+                if stuck.is_none() {
+                    // A stuck worker is dropped: it stays with its call and
+                    // exits when the call returns.
+                    self.worker = Some(worker);
+                }
+                stuck
+            }
+            None => {
+                let targets = Arc::clone(&self.targets);
+                dispatch::call_inline_batch(&targets, &calls, timeout, |j, outcome| {
+                    made += 1;
+                    self.apply(index, j, outcome, mode, timeout)
+                });
+                None
+            }
+        };
+        self.module_states[module].ticks += cycles::now().wrapping_sub(started);
+        match calls {
+            Calls::Batch(batch) if made < batch.len() => {
+                // Cut short (a late or stuck call): the rest keep their
+                // values this round.
+                for &j in batch.iter() {
+                    self.metrics[j].fresh = j != index;
+                }
+            }
+            Calls::Batch(_) => {}
+            Calls::Some(list) => self.calls_scratch = list,
+        }
+        if let Some(stuck) = stuck {
+            let elapsed = stuck.since.elapsed();
+            log::error!(
+                "{}: metric '{}' did not return within {:.1}s; gmond keeps its last good value and the call is left to finish in the background; the module's metrics are not called until it does",
+                self.module_states[module].id,
+                self.names[stuck.index],
+                elapsed.as_secs_f64()
+            );
+            let j = stuck.index;
+            self.module_states[module].stuck = Some(stuck);
+            self.apply(index, j, Outcome::TimedOut(elapsed), mode, timeout);
+        }
+        self.last_called = Some((module, index));
+        self.check_signals(module, SignalCheck::AfterCalling);
+    }
+
+    /// The calls to make now for `index` and its batch, when some of them
+    /// may be backed off or the module is stuck: those are left out, and
+    /// keep their values this round (marked fresh).
+    fn calls_due(&mut self, index: usize, ready: bool) -> Vec<usize> {
         let siblings: &[usize] = match self.batch_of[index] {
             Some(b) => &self.batches[b],
             None => &[],
@@ -483,57 +578,7 @@ impl Host {
                 }
             }
         }
-        if calls.is_empty() {
-            self.calls_scratch = calls;
-            return;
-        }
-        self.check_signals(module, SignalCheck::BeforeCalling);
-        let (mode, timeout) = {
-            let state = &self.module_states[module];
-            (state.mode, state.timeout)
-        };
-        let started = cycles::now();
-        // Taken out while it works, so the outcomes can be applied as they come.
-        let worker = match mode {
-            CallMode::Protected => self.ensure_worker().then(|| self.worker.take()).flatten(),
-            CallMode::Inline => None,
-        };
-        let stuck = match worker {
-            Some(worker) => {
-                let stuck = worker.call_batch(&calls, timeout, |j, outcome| {
-                    self.apply(j, outcome, mode, timeout)
-                });
-                if stuck.is_none() {
-                    // A stuck worker is dropped: it stays with its call and
-                    // exits when the call returns.
-                    self.worker = Some(worker);
-                }
-                stuck
-            }
-            None => {
-                let targets = Arc::clone(&self.targets);
-                dispatch::call_inline_batch(&targets, &calls, timeout, |j, outcome| {
-                    self.apply(j, outcome, mode, timeout)
-                });
-                None
-            }
-        };
-        self.module_states[module].ticks += cycles::now().wrapping_sub(started);
-        self.calls_scratch = calls;
-        if let Some(stuck) = stuck {
-            let elapsed = stuck.since.elapsed();
-            log::error!(
-                "{}: metric '{}' did not return within {:.1}s; gmond keeps its last good value and the call is left to finish in the background; the module's metrics are not called until it does",
-                self.module_states[module].id,
-                self.names[stuck.index],
-                elapsed.as_secs_f64()
-            );
-            let j = stuck.index;
-            self.module_states[module].stuck = Some(stuck);
-            self.apply(j, Outcome::TimedOut(elapsed), mode, timeout);
-        }
-        self.last_called = Some((module, index));
-        self.check_signals(module, SignalCheck::AfterCalling);
+        calls
     }
 
     /// A call can take a signal from gmond (signal.signal in inline mode,
@@ -566,8 +611,18 @@ impl Host {
 
     /// Records what one call came to: a new value for gmond, or a failure
     /// logged, counted and maybe backed off (gmond keeps the last good value).
-    fn apply(&mut self, index: usize, outcome: Outcome, mode: CallMode, timeout: Duration) {
+    /// `trigger` is the metric whose call started the round; the others'
+    /// values are fresh for gmond's calls that follow.
+    fn apply(
+        &mut self,
+        trigger: usize,
+        index: usize,
+        outcome: Outcome,
+        mode: CallMode,
+        timeout: Duration,
+    ) {
         let metric = &mut self.metrics[index];
+        metric.fresh = index != trigger;
         let state = &mut self.module_states[metric.module as usize];
         state.stats.calls += 1;
         let retry_max = self.settings.retry_max_interval;
