@@ -145,7 +145,8 @@ pub struct Host {
     /// The module (and metric) called last, which gets the blame for a
     /// signal handler found changed before the next module's call.
     last_called: Option<(usize, usize)>,
-    last_signal_check: Instant,
+    /// When gmond's signal handlers were last checked ([`cycles::coarse_ns`]).
+    last_signal_check: u64,
     /// Reused for each batch's list of calls.
     calls_scratch: Vec<usize>,
     /// Reused for the self metrics' snapshot.
@@ -326,7 +327,7 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
         cleaned_up: false,
         stats_scratch: Vec::new(),
         last_called: None,
-        last_signal_check: Instant::now(),
+        last_signal_check: cycles::coarse_ns(),
         calls_scratch: Vec::new(),
     };
     HOST.with(|h| h.set(Some(Box::leak(Box::new(RefCell::new(state))))));
@@ -594,12 +595,15 @@ impl Host {
         };
         let due = match when {
             SignalCheck::BeforeCalling => previous != module,
-            SignalCheck::AfterCalling => self.last_signal_check.elapsed() >= SIGNAL_CHECK_INTERVAL,
+            SignalCheck::AfterCalling => {
+                cycles::coarse_ns().saturating_sub(self.last_signal_check)
+                    >= SIGNAL_CHECK_INTERVAL.as_nanos() as u64
+            }
         };
         if !due {
             return;
         }
-        self.last_signal_check = Instant::now();
+        self.last_signal_check = cycles::coarse_ns();
         for problem in crate::signals::restore_changed() {
             log::warn!(
                 "{}: {problem} (noticed after its call of metric '{}')",
