@@ -1123,9 +1123,6 @@ fn timed_out(mode: CallMode, deadline: Duration) -> String {
     }
 }
 
-/// How long the modules' `metric_cleanup()` calls may take in all, as in gmond.
-const CLEANUP_DEADLINE: Duration = Duration::from_secs(10);
-
 /// Every module's `metric_cleanup()`, on a thread of its own as in gmond,
 /// so a cleanup that never returns (or a stuck call holding the GIL) is
 /// reported rather than hanging the checker.
@@ -1159,7 +1156,7 @@ fn cleanup(modules: Vec<(loader::ModuleRef, Py<PyModule>)>, report: &mut Report)
         ));
         return;
     }
-    let deadline = Instant::now() + CLEANUP_DEADLINE;
+    let deadline = Instant::now() + loader::CLEANUP_DEADLINE;
     let mut current: (Option<loader::ModuleRef>, String) = (None, "metric_cleanup".to_owned());
     loop {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -1179,7 +1176,7 @@ fn cleanup(modules: Vec<(loader::ModuleRef, Py<PyModule>)>, report: &mut Report)
                     metric: None,
                     message: format!(
                         "{step} did not return within {}s; gmond goes on without waiting for it",
-                        CLEANUP_DEADLINE.as_secs()
+                        loader::CLEANUP_DEADLINE.as_secs()
                     ),
                 });
                 return;

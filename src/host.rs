@@ -33,8 +33,6 @@ const BACKOFF_FIRST: Duration = Duration::from_secs(10);
 /// While one module's metrics are called one after another, gmond's signal
 /// handlers are checked (4 system calls) after a batch at most this often.
 const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// How long gmond's shutdown waits for all `metric_cleanup()` calls.
-const CLEANUP_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The calls of one round: a whole batch, or those of it that are due.
 enum Calls {
@@ -785,7 +783,7 @@ impl MetricState {
 }
 
 /// gmond's `cleanup`: every module's `metric_cleanup()`, once, within
-/// [`CLEANUP_DEADLINE`] in all: a cleanup that never returns must not keep
+/// [`loader::CLEANUP_DEADLINE`] in all: a cleanup that never returns must not keep
 /// gmond from exiting or from re-executing itself on SIGHUP.
 pub fn cleanup() {
     let taken = with_host(|host| {
@@ -825,7 +823,7 @@ pub fn cleanup() {
         log::error!("cannot start the cleanup thread ({e}); metric_cleanup is not called");
         return;
     }
-    let deadline = Instant::now() + CLEANUP_DEADLINE;
+    let deadline = Instant::now() + loader::CLEANUP_DEADLINE;
     let mut current = "metric_cleanup".to_owned();
     loop {
         match progress_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -834,7 +832,7 @@ pub fn cleanup() {
             Err(_) => {
                 log::error!(
                     "{current} did not return within {}s; gmond goes on without waiting for it",
-                    CLEANUP_DEADLINE.as_secs()
+                    loader::CLEANUP_DEADLINE.as_secs()
                 );
                 return;
             }

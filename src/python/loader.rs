@@ -717,6 +717,11 @@ fn descriptor_to_metric(
     })
 }
 
+/// How long all modules' `metric_cleanup()` calls may take together, on
+/// gmond's shutdown or reload and in `modpython-check` alike: one that never
+/// returns is reported and left behind after this.
+pub const CLEANUP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Calls each module's `metric_cleanup()`, in load order; `progress` hears
 /// of each module before its cleanup runs.
 pub fn cleanup_modules(
