@@ -1,31 +1,33 @@
-//! `modpython-check`: tries Python metric modules the way gmond's host would,
-//! without gmond, as any user, and reports what it finds.
+//! `modpython-check`: tries Python metric modules the way gmond's host
+//! would, without gmond, as any user, and reports what it finds.
 //!
-//! Nothing here re-implements the host: the configuration is parsed by
-//! libganglia's own parser ([`gmond_config::parse_config_file`]), modules are
-//! loaded by [`loader::load_all`] (which runs [`crate::descriptor::check`])
-//! under the host's deadlines ([`interrupt`]), and metrics are called
-//! through [`dispatch`] in each module's call mode and under its deadline
-//! ([`settings::effective`]), so a call gmond would time out is reported
-//! as such. Values are formatted with the metric's format by C's
-//! `snprintf`, as gmond does. What the loader would log is collected
-//! ([`loader::collect_diagnostics`]) and what modules print or log is
-//! captured by this module's logger.
+//! It drives the host's own call engine ([`crate::engine`]): the same
+//! start-up (signals, interpreter, loading under `init_timeout`), the same
+//! batches per module and collection group, deadlines, stuck calls, GIL
+//! checks and back-off. It calls the metrics in gmond's order, one
+//! collection_group entry after another, so what a module does under
+//! gmond is what the report shows. The configuration is parsed by
+//! libganglia's own parser ([`gmond_config::parse_config_file`]); values are
+//! formatted with the metric's format by C's `snprintf`, as gmond does.
+//! What the loader would log is collected ([`loader::collect_diagnostics`]);
+//! everything else the engine and the modules log is captured by this
+//! module's logger, at the levels gmond's debug level lets through.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
-use pyo3::prelude::*;
 
+use crate::collection::Plan;
 use crate::descriptor::{self, ValueType};
-use crate::dispatch::{self, CallTarget, Failed, Outcome, Stuck, Targets, Worker};
+use crate::engine::call::{Failed, Outcome};
+use crate::engine::{Engine, Observer, Skip, StartInput, Started};
 use crate::gmond_config::{self, CollectedMetric, ModuleBlock, Param, Selection, select_block};
 use crate::permissions;
-use crate::python::{self, errors, interrupt, loader, stdio};
+use crate::python::{self, loader, stdio};
 use crate::settings::{self, CallMode};
 use crate::value::Value;
 
@@ -35,17 +37,23 @@ pub const DEFAULT_CONF: &str = "/etc/ganglia/gmond.conf";
 pub const USAGE: &str = "\
 usage: modpython-check [--conf FILE | --pyconf FILE --dir MODULE_DIR]
                        [--module NAME]... [--count N] [--interval SECONDS]
-                       [--json] [--verbose]
+                       [--set NAME=VALUE]... [--virtualenv DIR] [--python-path DIRS]
+                       [--debug N] [--json] [--verbose]
 
 Loads gmond's Python metric modules the way gmond's modpython.so does, calls
-every metric N times and prints a table of the values, then every problem.
+every metric N times in gmond's order and batches, and prints a table of the
+values, then every problem, as gmond would log it.
 
   --conf FILE       gmond's configuration, with its includes (default /etc/ganglia/gmond.conf)
   --pyconf FILE     just this module configuration (a .pyconf)...
   --dir DIR         ...with the modules in this directory
   --module NAME     only this module (repeatable)
-  --count N         calls per metric (default 1)
-  --interval S      seconds between rounds of calls (default 1)
+  --count N         rounds of calls (default 1)
+  --interval S      seconds between rounds (default 1)
+  --set NAME=VALUE  a host setting (see below), over the python_module block's (repeatable)
+  --virtualenv DIR  the same as --set virtualenv=DIR
+  --python-path D   the same as --set python_path=D (directories separated by ':')
+  --debug N         gmond's debug level (default 0): module info and debug lines show above 1
   --json            machine-readable output
   --verbose         also show the host's informational messages
 
@@ -69,6 +77,10 @@ pub struct Options {
     pub interval: Duration,
     pub json: bool,
     pub verbose: bool,
+    /// gmond's debug level to check against.
+    pub debug: i32,
+    /// Host settings given on the command line, in order.
+    pub settings: Vec<(String, String)>,
 }
 
 /// What the command line asked for.
@@ -103,6 +115,8 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
         interval: Duration::from_secs(1),
         json: false,
         verbose: false,
+        debug: 0,
+        settings: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -138,6 +152,40 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
                     .map(Duration::from_secs_f64)
                     .ok_or_else(|| {
                         format!("--interval: '{v}' is not a number of seconds from 0 to 3600")
+                    })?;
+            }
+            "--set" => {
+                let v = value(flag)?;
+                let Some((name, setting)) = v.split_once('=') else {
+                    return Err(format!("--set: '{v}' is not NAME=VALUE"));
+                };
+                let name = name.trim();
+                if !settings::HOST_SETTINGS
+                    .iter()
+                    .any(|s| s.name.eq_ignore_ascii_case(name))
+                {
+                    return Err(format!(
+                        "--set: unknown host setting '{name}' (known: {})",
+                        settings::HOST_SETTINGS
+                            .iter()
+                            .map(|s| s.name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+                options.settings.push((name.to_owned(), setting.to_owned()));
+            }
+            "--virtualenv" => options
+                .settings
+                .push(("virtualenv".to_owned(), value(flag)?)),
+            "--python-path" => options
+                .settings
+                .push(("python_path".to_owned(), value(flag)?)),
+            "--debug" | "-d" => {
+                let v = value(flag)?;
+                options.debug =
+                    v.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                        format!("--debug: '{v}' is not a whole number of at least 0")
                     })?;
             }
             "--json" => options.json = true,
@@ -236,15 +284,20 @@ pub struct MetricReport {
     pub value_type: ValueType,
     pub units: String,
     pub format: String,
-    /// Each call's value as gmond would print it, or `None` when it failed.
-    pub values: Vec<Option<String>>,
+    /// Each round's call: the value as gmond would print it, or why there
+    /// is none.
+    pub values: Vec<CallResult>,
     /// Seconds each call took.
     pub times: Vec<f64>,
 }
 
 impl MetricReport {
+    /// Calls that failed or ran late.
     pub fn failures(&self) -> usize {
-        self.values.iter().filter(|v| v.is_none()).count()
+        self.values
+            .iter()
+            .filter(|v| matches!(v, CallResult::Failed | CallResult::TimedOut))
+            .count()
     }
 
     fn mean_ms(&self) -> f64 {
@@ -335,7 +388,7 @@ impl Report {
         }
         if !self.output.is_empty() {
             out.push_str(
-                "\nWhat modules said (in gmond's log; info and debug at debug level > 1):\n",
+                "\nWhat modules said (as in gmond's log; info and debug lines only with --debug 2 or more):\n",
             );
             for line in &self.output {
                 let _ = writeln!(out, "  {:<7} {}", level_name(line.level), line.text);
@@ -389,13 +442,12 @@ impl Report {
                 let values = m
                     .values
                     .iter()
-                    .map(|v| match v {
+                    .map(|v| match v.cell() {
                         // Long strings would make the table unreadable; --json has them whole.
-                        Some(v) if v.chars().count() > 32 => {
+                        v if v.chars().count() > 32 => {
                             format!("{}…", v.chars().take(31).collect::<String>())
                         }
-                        Some(v) => v.clone(),
-                        None => "FAILED".to_owned(),
+                        v => v.to_owned(),
                     })
                     .collect::<Vec<_>>()
                     .join(" | ");
@@ -475,7 +527,7 @@ impl Report {
             .iter()
             .map(|m| {
                 format!(
-                    "{{\"module\":{},\"file\":{},\"metric\":{},\"type\":{},\"units\":{},\"format\":{},\"values\":[{}],\"failures\":{},\"seconds_per_call\":{},\"max_seconds_per_call\":{}}}",
+                    "{{\"module\":{},\"file\":{},\"metric\":{},\"type\":{},\"units\":{},\"format\":{},\"values\":[{}],\"calls\":[{}],\"failures\":{},\"seconds_per_call\":{},\"max_seconds_per_call\":{}}}",
                     json_str(&m.module),
                     json_str(&m.file.display().to_string()),
                     json_str(&m.name),
@@ -484,7 +536,20 @@ impl Report {
                     json_str(&m.format),
                     m.values
                         .iter()
-                        .map(|v| v.as_deref().map_or("null".to_owned(), json_str))
+                        .map(|v| match v {
+                            CallResult::Value(v) => json_str(v),
+                            _ => "null".to_owned(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    m.values
+                        .iter()
+                        .map(|v| json_str(match v {
+                            CallResult::Value(_) => "value",
+                            CallResult::Failed => "failed",
+                            CallResult::TimedOut => "timeout",
+                            CallResult::Skipped(_) => "skipped",
+                        }))
                         .collect::<Vec<_>>()
                         .join(","),
                     m.failures(),
@@ -580,10 +645,14 @@ fn json_num(x: f64) -> String {
 /// Collects log records instead of printing them.
 struct Collector {
     records: Mutex<Vec<(Level, bool, String)>>,
+    /// gmond's debug level being checked against: module lines at info and
+    /// debug pass only above 1, as in gmond's log.
+    debug_level: AtomicI32,
 }
 
 static COLLECTOR: Collector = Collector {
     records: Mutex::new(Vec::new()),
+    debug_level: AtomicI32::new(0),
 };
 
 impl Log for Collector {
@@ -593,6 +662,12 @@ impl Log for Collector {
 
     fn log(&self, record: &Record) {
         let from_module = record.target() == stdio::MODULE_LOG_TARGET;
+        if from_module
+            && record.level() > Level::Warn
+            && self.debug_level.load(Ordering::Relaxed) <= 1
+        {
+            return;
+        }
         self.records
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -706,10 +781,16 @@ fn read_setup(options: &Options, report: &mut Report) -> Option<Setup> {
                     return None;
                 }
             };
+            // A python_module block in the .pyconf carries host settings
+            // (its params, the module directory, is --dir's here).
+            let host_params = parsed
+                .host_block()
+                .map(|h| h.param_list)
+                .unwrap_or_default();
             Some(Setup {
                 dir,
                 blocks: parsed.module_blocks(),
-                host_params: Vec::new(),
+                host_params,
                 gmond_user: None,
                 collected: parsed.collected_metrics(),
                 own_config: true,
@@ -720,10 +801,13 @@ fn read_setup(options: &Options, report: &mut Report) -> Option<Setup> {
 
 /// Runs the whole check. Installs nothing: call [`install_collector`] first
 /// to capture log output (the binary does). Must run on the process's main
-/// thread, as gmond's `init` does: the call deadlines
-/// ([`interrupt::install`]) need it.
+/// thread, as gmond's `init` does: inline calls and their deadlines
+/// ([`crate::python::interrupt`]) need it.
 pub fn run(options: &Options) -> Report {
     let mut report = Report::default();
+    COLLECTOR
+        .debug_level
+        .store(options.debug, Ordering::Relaxed);
     let Some(mut setup) = read_setup(options, &mut report) else {
         drain_log(&mut report);
         return report;
@@ -743,7 +827,13 @@ pub fn run(options: &Options) -> Report {
             .retain(|b| options.modules.iter().any(|wanted| b.names(wanted)));
     }
 
-    let (host_settings, setting_problems) = settings::parse_host(&setup.host_params);
+    // The configuration's host settings, then the command line's.
+    let mut host_params = setup.host_params.clone();
+    host_params.extend(options.settings.iter().map(|(name, value)| Param {
+        name: name.clone(),
+        value: Some(value.clone()),
+    }));
+    let (host_settings, setting_problems) = settings::parse_host(&host_params);
     for p in setting_problems {
         report.problems.push(Problem::new(Severity::Warning, p));
     }
@@ -754,109 +844,72 @@ pub fn run(options: &Options) -> Report {
         Source::Pyconf { .. } => permissions::trusted_uids(None, true),
     };
 
-    if let Err(e) = python::start() {
-        report.error(e);
-        drain_log(&mut report);
-        return report;
-    }
-    report.python_version = python::python_version();
-    // The deadlines of import, metric_init (init_timeout) and inline calls,
-    // as in gmond's init.
-    if let Err(e) = Python::attach(interrupt::install) {
-        report.error(format!("cannot set up call deadlines: {e}"));
-        drain_log(&mut report);
-        return report;
-    }
-    let load_options = loader::LoadOptions {
-        settings: &host_settings,
-        trusted_uids,
-    };
-    let (loaded, diagnostics) = loader::collect_diagnostics(|| {
-        Python::attach(|py| {
-            // Module logging at every level: the report shows levels.
-            if let Err(e) = python::ganglia::install(py, true) {
-                log::warn!("module output is not captured: {e}");
-            }
-            loader::load_all(py, &setup.dir, &setup.blocks, &load_options)
+    let (started, diagnostics) = loader::collect_diagnostics(|| {
+        Engine::start(StartInput {
+            dir: setup.dir.clone(),
+            settings: host_settings,
+            blocks: setup.blocks.clone(),
+            trusted_uids,
+            collected: setup.collected.clone(),
+            verbose: options.debug > 1,
+            timed: true,
         })
     });
     report
         .problems
         .extend(diagnostics.into_iter().map(problem_of));
-    let loader::Loaded {
-        modules,
-        metrics,
+    report.python_version = python::python_version();
+    let Started {
+        mut engine,
+        descriptors,
+        plan,
         failed,
-    } = match loaded {
-        Ok(l) => l,
+        ..
+    } = match started {
+        Ok(s) => s,
         Err(e) => {
             report.error(e);
             drain_log(&mut report);
             return report;
         }
     };
+    let modules: Vec<loader::ModuleRef> = engine.modules().cloned().collect();
     report.loaded_modules = modules
         .iter()
-        .map(|m| (m.id.name.clone(), m.id.path.clone()))
+        .map(|m| (m.name.clone(), m.path.clone()))
         .collect();
     report.failed_modules = failed
         .iter()
         .map(|m| (m.name.clone(), m.path.clone()))
         .collect();
+    if modules.is_empty() && failed.is_empty() && options.modules.is_empty() {
+        report.error(format!(
+            "no Python module to check: {} has no enabled module block with language \"python\" whose name matches a .py file in {}; check the block's name and language, and the directory",
+            report.source,
+            setup.dir.display()
+        ));
+    }
 
-    report.metrics = metrics
+    report.metrics = descriptors[..engine.metric_count()]
         .iter()
-        .map(|m| {
-            let module = &modules[m.module].id;
+        .enumerate()
+        .map(|(i, d)| {
+            let module = &modules[engine.module_of(i)];
             MetricReport {
                 module: module.name.clone(),
                 file: module.path.clone(),
-                name: m.descriptor.name.clone(),
-                value_type: m.descriptor.value_type,
-                units: m.descriptor.units.clone(),
-                format: m.descriptor.format.clone(),
+                name: d.name.clone(),
+                value_type: d.value_type,
+                units: d.units.clone(),
+                format: d.format.clone(),
                 values: Vec::new(),
                 times: Vec::new(),
             }
         })
         .collect();
-    check_collection(&setup, options, &mut report);
-
-    interrupt::set_metric_labels(interrupt::Labels {
-        modules: modules.iter().map(|m| m.id.to_string()).collect(),
-        metrics: metrics
-            .iter()
-            .map(|m| (m.module as u32, Arc::from(m.descriptor.name.as_str())))
-            .collect(),
-    });
-    let module_names: Vec<Arc<str>> = modules
-        .iter()
-        .map(|m| Arc::from(m.id.name.as_str()))
-        .collect();
-    let calls = Calls {
-        module_of: metrics.iter().map(|m| m.module).collect(),
-        settings: modules
-            .iter()
-            .map(|m| settings::effective(&host_settings, &m.overrides))
-            .collect(),
-        targets: Arc::new(
-            metrics
-                .into_iter()
-                .map(|m| CallTarget {
-                    module_name: Arc::clone(&module_names[m.module]),
-                    callback: m.callback,
-                    py_name: m.py_name,
-                    value_type: m.descriptor.value_type,
-                })
-                .collect(),
-        ),
-    };
-    call_metrics(&calls, options, &mut report);
-
-    cleanup(
-        modules.into_iter().map(|m| (m.id, m.module)).collect(),
-        &mut report,
-    );
+    check_collection(&setup, options, &plan, &mut report);
+    call_metrics(&mut engine, &plan, options, &mut report);
+    engine.cleanup();
     drain_log(&mut report);
     report
 }
@@ -876,32 +929,26 @@ fn problem_of(d: loader::Diagnostic) -> Problem {
 }
 
 /// Whether gmond's collection groups pick up each metric, and (for a
-/// module's own .pyconf) whether each metric they name exists.
-fn check_collection(setup: &Setup, options: &Options, report: &mut Report) {
-    let names: Vec<&str> = report.metrics.iter().map(|m| m.name.as_str()).collect();
-    let found = name_match_results(&setup.collected, &names);
+/// module's own .pyconf) whether each metric they name exists: the
+/// engine's plan, made with gmond's own rules.
+fn check_collection(setup: &Setup, options: &Options, plan: &Plan, report: &mut Report) {
     let mut problems = Vec::new();
-    let search = |pattern: &str, metric: &str| match found.get(pattern) {
-        Some(Ok(matched)) => matched.contains(metric),
-        _ => false,
-    };
-    for (pattern, result) in &found {
-        if let Err(e) = result {
-            problems.push(Problem::new(
-                Severity::Warning,
-                format!(
-                    "a collection_group's name_match \"{pattern}\" is not a valid regular expression ({e}); it matches no metric here (gmond uses PCRE, which may read it differently)"
-                ),
-            ));
-        }
+    for (pattern, why) in &plan.bad_patterns {
+        let whose = if plan.gmond_regex {
+            ""
+        } else {
+            " (checked with Python's re: gmond uses PCRE, which may read it differently)"
+        };
+        problems.push(Problem::new(
+            Severity::Warning,
+            format!(
+                "a collection_group's name_match \"{pattern}\" is not a valid regular expression ({why}); it matches no metric{whose}"
+            ),
+        ));
     }
-    for metric in &report.metrics {
-        let name = metric.name.as_str();
-        if !setup
-            .collected
-            .iter()
-            .any(|e| e.selects(name, &names, &search))
-        {
+    for (metric, count) in report.metrics.iter().zip(&plan.selected_by) {
+        if *count == 0 {
+            let name = metric.name.as_str();
             problems.push(Problem {
                 severity: Severity::Warning,
                 module: Some(metric.module.clone()),
@@ -914,200 +961,196 @@ fn check_collection(setup: &Setup, options: &Options, report: &mut Report) {
         }
     }
     if setup.own_config && options.modules.is_empty() {
-        // With name_match, gmond ignores name.
-        for entry in setup.collected.iter().filter(|e| e.name_match.is_none()) {
-            let Some(listed) = &entry.name else { continue };
-            if !names.iter().any(|n| entry.selects(n, &names, &search)) {
-                problems.push(Problem::new(
-                    Severity::Warning,
-                    format!(
-                        "a collection_group lists metric '{listed}', which no module registered; gmond will log \"Unable to find the metric information for '{listed}'\""
-                    ),
-                ));
+        for (entry, selected) in setup.collected.iter().zip(&plan.selected) {
+            // With name_match, gmond ignores name.
+            if entry.name_match.is_some() || !selected.is_empty() {
+                continue;
             }
+            let Some(listed) = &entry.name else { continue };
+            problems.push(Problem::new(
+                Severity::Warning,
+                format!(
+                    "a collection_group lists metric '{listed}', which no module registered; gmond will log \"Unable to find the metric information for '{listed}'\""
+                ),
+            ));
         }
     }
     report.problems.extend(problems);
 }
 
-/// Every distinct `name_match` expression, with the metric names it finds
-/// or why it does not compile: with gmond's libpcre, as gmond and the host
-/// match them, or Python's `re.search` (the GIL taken once for all) where
-/// libpcre cannot be loaded.
-fn name_match_results<'a>(
-    entries: &'a [CollectedMetric],
-    names: &[&'a str],
-) -> HashMap<&'a str, Result<HashSet<&'a str>, String>> {
-    let mut results = HashMap::new();
-    let patterns: Vec<&str> = entries
-        .iter()
-        .filter_map(|e| e.name_match.as_deref())
-        .collect();
-    if patterns.is_empty() {
-        return results;
-    }
-    let pcre = crate::pcre::Matcher::in_process();
-    if pcre.available() {
-        for pattern in patterns {
-            if results.contains_key(pattern) {
-                continue;
-            }
-            let matched = pcre.check(pattern).map(|()| {
-                names
-                    .iter()
-                    .copied()
-                    .filter(|name| pcre.search(pattern, name))
-                    .collect()
-            });
-            results.insert(pattern, matched);
-        }
-        return results;
-    }
-    Python::attach(|py| {
-        for pattern in patterns {
-            if results.contains_key(pattern) {
-                continue;
-            }
-            let compiled = py
-                .import("re")
-                .and_then(|re| re.call_method1("compile", (pattern,)))
-                .map_err(|e| errors::summary(py, &e));
-            let matched = compiled.map(|regex| {
-                names
-                    .iter()
-                    .copied()
-                    .filter(|name| {
-                        regex
-                            .call_method1("search", (*name,))
-                            .is_ok_and(|m| !m.is_none())
-                    })
-                    .collect()
-            });
-            results.insert(pattern, matched);
-        }
-    });
-    results
+/// What became of each call, as the report shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallResult {
+    /// The value as gmond would print it.
+    Value(String),
+    Failed,
+    TimedOut,
+    /// Not called this round (why).
+    Skipped(Skip),
 }
 
-/// The loaded metrics, called as the host calls them.
-struct Calls {
-    targets: Targets,
-    /// Each metric's module.
-    module_of: Vec<usize>,
-    /// Each module's call mode and deadline, host settings and the module's
-    /// own overrides combined.
-    settings: Vec<(CallMode, Duration)>,
+impl CallResult {
+    fn cell(&self) -> &str {
+        match self {
+            CallResult::Value(v) => v,
+            CallResult::Failed => "FAILED",
+            CallResult::TimedOut => "TIMEOUT",
+            CallResult::Skipped(_) => "skipped",
+        }
+    }
 }
 
-/// Calls every metric `count` times, `interval` apart, as gmond would: in
-/// the module's call mode, under its deadline, and not while one of the
-/// module's calls is stuck.
-fn call_metrics(calls: &Calls, options: &Options, report: &mut Report) {
-    let count = calls.targets.len();
-    let mut worker: Option<Worker> = None;
-    let mut stuck: Vec<Option<Stuck>> = calls.settings.iter().map(|_| None).collect();
-    // The first failure of each metric, with its traceback.
-    let mut first_failure: Vec<Option<(usize, String)>> = vec![None; count];
-    for round in 0..options.count {
+/// Records the engine's calls into the report's rows.
+struct Recorder<'a> {
+    report: &'a mut Report,
+    round: usize,
+    settings: &'a [(CallMode, Duration)],
+    module_of: &'a [usize],
+    /// Per metric: the first failure (round, why) and the first skip.
+    first_failure: Vec<Option<(usize, String)>>,
+    first_skip: Vec<Option<(usize, Skip)>>,
+    /// The metric whose call is stuck, per module (for the skip reason).
+    stuck_metric: Vec<Option<usize>>,
+}
+
+impl Recorder<'_> {
+    fn push(&mut self, index: usize, result: CallResult, seconds: f32) {
+        let row = &mut self.report.metrics[index];
+        // One entry per round: a metric called twice in a round (two
+        // entries select it) shows its last call.
+        if row.values.len() > self.round {
+            row.values.truncate(self.round);
+            row.times.truncate(self.round);
+        }
+        if !matches!(result, CallResult::Skipped(_)) {
+            row.times.push(f64::from(seconds));
+        }
+        row.values.push(result);
+    }
+}
+
+impl Observer for Recorder<'_> {
+    fn called(&mut self, index: usize, outcome: &Outcome, seconds: f32) {
+        let round = self.round + 1;
+        let (result, why) = match outcome {
+            Outcome::Value(v) => {
+                let text = gmond_text(v, &self.report.metrics[index].format);
+                (CallResult::Value(text), None)
+            }
+            Outcome::Failed(failed) => (
+                CallResult::Failed,
+                Some(match failed {
+                    Failed::Raised { summary, .. } => format!("the callback raised {summary}"),
+                    Failed::Value(e) => e.0.clone(),
+                }),
+            ),
+            Outcome::TimedOut(_) => {
+                let module = self.module_of[index];
+                let (mode, deadline) = self.settings[module];
+                if mode == CallMode::Protected {
+                    self.stuck_metric[module] = Some(index);
+                }
+                (CallResult::TimedOut, Some(timed_out(mode, deadline)))
+            }
+        };
+        if let Some(why) = why {
+            self.first_failure[index].get_or_insert((round, why));
+        }
+        self.push(index, result, seconds);
+    }
+
+    fn skipped(&mut self, index: usize, why: Skip) {
+        self.first_skip[index].get_or_insert((self.round + 1, why));
+        self.push(index, CallResult::Skipped(why), 0.0);
+    }
+}
+
+/// Calls the metrics `count` rounds, `interval` apart, through the engine
+/// and in gmond's order: each collection_group entry's metrics in turn, so
+/// the calls go in the batches, under the deadlines and with the back-off
+/// gmond's would. Metrics no entry selects (gmond never calls them) are
+/// called on their own after the rest, to show their values.
+fn call_metrics(engine: &mut Engine, plan: &Plan, options: &Options, report: &mut Report) {
+    let count = engine.metric_count();
+    let settings: Vec<(CallMode, Duration)> = engine.call_settings().collect();
+    let module_of: Vec<usize> = (0..count).map(|i| engine.module_of(i)).collect();
+    let mut order: Vec<usize> = plan.selected.iter().flatten().copied().collect();
+    order.extend((0..count).filter(|&i| plan.selected_by[i] == 0));
+    let mut recorder = Recorder {
+        report,
+        round: 0,
+        settings: &settings,
+        module_of: &module_of,
+        first_failure: vec![None; count],
+        first_skip: vec![None; count],
+        stuck_metric: vec![None; settings.len()],
+    };
+    for round in 0..options.count as usize {
         if round > 0 {
             std::thread::sleep(options.interval);
         }
-        for (i, target) in calls.targets.iter().enumerate() {
-            let module = calls.module_of[i];
-            let (mode, deadline) = calls.settings[module];
-            if let Some(pending) = &stuck[module] {
-                if !pending.finished() {
-                    report.metrics[i].values.push(None);
-                    if first_failure[i].is_none() {
-                        first_failure[i] = Some((
-                            round as usize + 1,
-                            format!(
-                                "not called: the module's call of metric '{}' has not returned, and gmond calls none of the module's metrics until it does",
-                                report.metrics[pending.index].name
-                            ),
-                        ));
-                    }
-                    continue;
-                }
-                stuck[module] = None;
-            }
-            let start = Instant::now();
-            let outcome = match mode {
-                CallMode::Inline => dispatch::call_inline(target, i, deadline),
-                CallMode::Protected => protected_call(&mut worker, &calls.targets, i, deadline)
-                    .unwrap_or_else(|s| {
-                        let elapsed = s.since.elapsed();
-                        stuck[module] = Some(s);
-                        Outcome::TimedOut(elapsed)
-                    }),
-            };
-            let result = &mut report.metrics[i];
-            result.times.push(start.elapsed().as_secs_f64());
-            let why = match outcome {
-                Outcome::Value(v) => {
-                    result.values.push(Some(gmond_text(&v, &result.format)));
-                    continue;
-                }
-                Outcome::Failed(failed) => match failed {
-                    Failed::Raised { .. } => {
-                        format!("the callback raised an exception\n{}", failed.detail())
-                    }
-                    _ => failed.detail().to_owned(),
-                },
-                Outcome::TimedOut(_) => timed_out(mode, deadline),
-            };
-            result.values.push(None);
-            if first_failure[i].is_none() {
-                first_failure[i] = Some((round as usize + 1, why));
-            }
+        recorder.round = round;
+        for &i in &order {
+            engine.collect(i, &mut recorder);
         }
     }
-    for (i, failure) in first_failure.into_iter().enumerate() {
-        let Some((call, why)) = failure else { continue };
+    let Recorder {
+        report,
+        first_failure,
+        first_skip,
+        stuck_metric,
+        ..
+    } = recorder;
+    for i in 0..count {
         let m = &report.metrics[i];
-        let problem = Problem {
-            severity: Severity::Error,
-            module: Some(m.module.clone()),
-            file: Some(m.file.clone()),
-            metric: Some(m.name.clone()),
-            message: format!(
-                "metric '{}' failed in {} of {} call(s) (gmond would keep its last good value); first at call {call}: {why}",
-                m.name,
-                m.failures(),
-                m.values.len()
-            ),
-        };
-        report.problems.push(problem);
-    }
-}
-
-/// A call on the worker, as the host makes it; when the worker gets stuck
-/// it is left with its call and the next call gets a fresh one.
-fn protected_call(
-    worker: &mut Option<Worker>,
-    targets: &Targets,
-    index: usize,
-    deadline: Duration,
-) -> Result<Outcome, Stuck> {
-    if worker.is_none() {
-        match Worker::spawn(Arc::clone(targets)) {
-            Ok(w) => *worker = Some(w),
-            Err(e) => {
-                log::error!(
-                    "cannot start a thread for handler calls: {e}; the call is made on this thread instead"
-                );
-                return Ok(dispatch::call_inline(&targets[index], index, deadline));
-            }
+        let total = m.values.len();
+        let mut problems = Vec::new();
+        if let Some((round, why)) = &first_failure[i] {
+            problems.push((
+                Severity::Error,
+                format!(
+                    "metric '{}' failed in {} of {total} call(s) (gmond would keep its last good value); first at call {round}: {why}",
+                    m.name,
+                    m.failures(),
+                ),
+            ));
+        }
+        if let Some((round, why)) = first_skip[i] {
+            let skipped = m
+                .values
+                .iter()
+                .filter(|v| matches!(v, CallResult::Skipped(_)))
+                .count();
+            let reason = match why {
+                Skip::BackedOff => "it had failed 3 times in a row, and gmond backs such a metric off (calls it at most every 10s, doubling up to retry_max_interval)".to_owned(),
+                Skip::ModuleStuck => match stuck_metric[module_of[i]] {
+                    Some(s) => format!(
+                        "not called: the module's call of metric '{}' has not returned, and gmond calls none of the module's metrics until it does",
+                        report.metrics[s].name
+                    ),
+                    None => "not called: a call of its module has not returned, and gmond calls none of the module's metrics until it does".to_owned(),
+                },
+                Skip::NoGil => "Python's GIL was held by another thread, so no call could start".to_owned(),
+                Skip::AfterLateCall => "a call before it in its batch ran late, and gmond calls the rest of the batch in the next round".to_owned(),
+            };
+            problems.push((
+                Severity::Warning,
+                format!(
+                    "metric '{}' was not called in {skipped} of {total} round(s), first in round {round}: {reason}",
+                    m.name
+                ),
+            ));
+        }
+        for (severity, message) in problems {
+            report.problems.push(Problem {
+                severity,
+                module: Some(m.module.clone()),
+                file: Some(m.file.clone()),
+                metric: Some(m.name.clone()),
+                message,
+            });
         }
     }
-    let Some(w) = worker.as_ref() else {
-        unreachable!("the worker was just started")
-    };
-    let result = w.call(index, deadline);
-    if result.is_err() {
-        *worker = None;
-    }
-    result
 }
 
 /// Why gmond would have no value from a call that overran its deadline.
@@ -1120,68 +1163,6 @@ fn timed_out(mode: CallMode, deadline: Duration) -> String {
         CallMode::Inline => format!(
             "gmond would time this out after {seconds:.1}s (call_timeout): the call ran past its deadline and was interrupted (call_mode inline)"
         ),
-    }
-}
-
-/// Every module's `metric_cleanup()`, on a thread of its own as in gmond,
-/// so a cleanup that never returns (or a stuck call holding the GIL) is
-/// reported rather than hanging the checker.
-fn cleanup(modules: Vec<(loader::ModuleRef, Py<PyModule>)>, report: &mut Report) {
-    enum Progress {
-        /// The module (none for the atexit handlers) and a description of the step.
-        Started(Option<loader::ModuleRef>, String),
-        Done(Vec<loader::Diagnostic>),
-    }
-    let (tx, rx) = mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name("modpython-cleanup".to_owned())
-        .spawn(move || {
-            let started = tx.clone();
-            let ((), diagnostics) = loader::collect_diagnostics(|| {
-                Python::attach(|py| {
-                    loader::cleanup_modules(py, &modules, &|step| {
-                        let module = match step {
-                            loader::CleanupStep::Module(id) => Some(id.clone()),
-                            loader::CleanupStep::AtExit => None,
-                        };
-                        let _ = started.send(Progress::Started(module, step.to_string()));
-                    })
-                })
-            });
-            let _ = tx.send(Progress::Done(diagnostics));
-        });
-    if let Err(e) = spawned {
-        report.error(format!(
-            "cannot start the cleanup thread ({e}); metric_cleanup is not called"
-        ));
-        return;
-    }
-    let deadline = Instant::now() + loader::CLEANUP_DEADLINE;
-    let mut current: (Option<loader::ModuleRef>, String) = (None, "metric_cleanup".to_owned());
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(Progress::Started(id, step)) => current = (id, step),
-            Ok(Progress::Done(diagnostics)) => {
-                report
-                    .problems
-                    .extend(diagnostics.into_iter().map(problem_of));
-                return;
-            }
-            Err(_) => {
-                let (module, step) = &current;
-                report.problems.push(Problem {
-                    severity: Severity::Error,
-                    module: module.as_ref().map(|m: &loader::ModuleRef| m.name.clone()),
-                    file: module.as_ref().map(|m| m.path.clone()),
-                    metric: None,
-                    message: format!(
-                        "{step} did not return within {}s; gmond goes on without waiting for it",
-                        loader::CLEANUP_DEADLINE.as_secs()
-                    ),
-                });
-                return;
-            }
-        }
     }
 }
 

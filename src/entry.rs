@@ -65,14 +65,17 @@ extern "C" fn init(pool: *mut apr_pool_t) -> c_int {
                 gmond_user: unsafe { gmond_config::read_gmond_user(config) },
                 // SAFETY: as above.
                 collected: unsafe { gmond_config::read_collected_metrics(config) },
+                debug_level: gmond_log::debug_level(),
                 // SAFETY: the pool gmond passes to init lives until gmond exits.
                 pool: unsafe { GmondPool::from_init(pool) },
             };
             let pool_handle = input.pool;
-            // gmond is single-threaded, and our threads (loading, calls,
-            // watchdog) hand work to one another rather than allocate side
-            // by side; an arena per thread would only cost memory (~0.35 MB
-            // at 1,500 metrics, docs/performance.md).
+            // gmond's main thread makes every call into us (its TCP
+            // listener thread never does, and allocates little), and our
+            // threads (loading, calls, watchdog) hand work to one another
+            // rather than allocate side by side; an arena per thread would
+            // only cost memory (~0.35 MB at 1,500 metrics,
+            // docs/performance.md).
             // SAFETY: mallopt only changes a malloc tuning parameter; it
             // limits arenas created from now on and touches no memory.
             unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };

@@ -302,29 +302,6 @@ pub struct CollectedMetric {
     pub name_match: Option<String>,
 }
 
-impl CollectedMetric {
-    /// Whether gmond's entry picks `metric` out of the registered metric
-    /// names `all` (gmond-module-abi.md §7): with `name_match`, only the
-    /// regular expression counts (`search(pattern, metric)`; `name` is
-    /// ignored); otherwise the metric named exactly `name`, or, when there
-    /// is none, every metric whose name starts with `name`, ignoring case.
-    pub fn selects(&self, metric: &str, all: &[&str], search: &dyn Fn(&str, &str) -> bool) -> bool {
-        if let Some(pattern) = &self.name_match {
-            return search(pattern, metric);
-        }
-        let Some(name) = self.name.as_deref() else {
-            return false;
-        };
-        if all.contains(&name) {
-            return metric == name;
-        }
-        metric
-            .as_bytes()
-            .get(..name.len())
-            .is_some_and(|start| start.eq_ignore_ascii_case(name.as_bytes()))
-    }
-}
-
 /// Every `collection_group { metric { … } }` entry of a parsed config.
 ///
 /// # Safety
@@ -510,40 +487,6 @@ mod tests {
         assert_eq!(select_block(&blocks, "off"), Selection::Disabled);
         assert_eq!(select_block(&blocks, "helper"), Selection::Unconfigured);
         assert!(blocks[2].names("DISKIO") && !blocks[0].names("diskio"));
-    }
-
-    #[test]
-    fn collection_groups_select_like_gmond() {
-        let entry = |name: Option<&str>, name_match: Option<&str>| CollectedMetric {
-            group: 0,
-            name: name.map(str::to_owned),
-            name_match: name_match.map(str::to_owned),
-        };
-        // A stand-in for PCRE: "^x" is a prefix, anything else a substring.
-        let search = |pattern: &str, metric: &str| match pattern.strip_prefix('^') {
-            Some(p) => metric.starts_with(p),
-            None => metric.contains(pattern),
-        };
-        let all = ["probe", "probe_a", "Probe_B", "dyn_a", "DYN_b", "other"];
-        let picked = |e: &CollectedMetric| -> Vec<&str> {
-            all.iter()
-                .copied()
-                .filter(|m| e.selects(m, &all, &search))
-                .collect()
-        };
-        // An exact match wins: no prefix matching then.
-        assert_eq!(picked(&entry(Some("probe"), None)), ["probe"]);
-        // Otherwise every metric starting with the name, ignoring case.
-        assert_eq!(picked(&entry(Some("dyn"), None)), ["dyn_a", "DYN_b"]);
-        assert_eq!(picked(&entry(Some("PROBE_"), None)), ["probe_a", "Probe_B"]);
-        assert!(picked(&entry(Some("nothing"), None)).is_empty());
-        // With name_match, only the expression counts; name is ignored.
-        assert_eq!(picked(&entry(Some("other"), Some("^dyn"))), ["dyn_a"]);
-        assert_eq!(
-            picked(&entry(Some("other"), Some("^nothing"))),
-            [] as [&str; 0]
-        );
-        assert!(picked(&entry(None, None)).is_empty());
     }
 
     #[test]

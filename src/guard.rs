@@ -27,16 +27,20 @@ pub fn ffi_boundary<T>(entry: &str, fallback: impl FnOnce() -> T, body: impl FnO
 }
 
 /// The default hook prints to stderr, which is /dev/null under a daemonized
-/// gmond; route the location of the panic to gmond's log instead.
+/// gmond; the location of the panic goes to gmond's log as well. The hook
+/// that was there before (Rust's default, or one another library in gmond's
+/// process installed) still runs: it is chained, not replaced.
 fn install_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        panic::set_hook(Box::new(|info| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
             let location = info
                 .location()
                 .map(|l| format!("{}:{}", l.file(), l.line()))
                 .unwrap_or_else(|| "unknown location".to_owned());
             log::error!("internal error at {location}");
+            previous(info);
         }));
     });
 }

@@ -9,26 +9,28 @@
 //! | [`entry`] | the C ABI: `python_module` and the `extern "C"` init / handler / cleanup shells |
 //! | [`guard`] | `ffi_boundary`: no panic ever unwinds into gmond |
 //! | [`ffi`] | raw declarations: bindgen output of `ganglia-headers/gmond_abi.h`, gmond/APR/libconfuse functions |
-//! | [`gmond_config`] | gmond's parsed config: `module { … }` blocks, `param`s, which block a `.py` file gets |
+//! | [`host`] | what is gmond's: init from its config, the metric table, `g_val_t` answers, self metrics, cleanup |
+//! | [`engine`] | how calls are made, for the host and `modpython-check` alike: start-up, batches, protected (worker) and inline calls, deadlines, stuck calls, the GIL, back-off, cleanup |
+//! | [`collection`] | which metrics gmond collects together: `collection_group` entries matched as gmond does (its libpcre, in [`collection::pcre`]) |
+//! | [`gmond_config`] | gmond's parsed config: `module { … }` blocks, `param`s, collection-group entries, which block a `.py` file gets |
 //! | [`gmond_log`] | `log` → gmond's `err_msg` / `debug_msg` |
-//! | [`python`] | the embedded interpreter: start-up, module loading, `ganglia` module, exceptions |
-//! | [`cycles`] | a cheap clock for timing each call |
+//! | [`python`] | the embedded interpreter: start-up, module loading, `ganglia` module, exceptions, the inline deadline signal |
+//! | [`cycles`] | cheap clocks for the call path |
 //! | [`descriptor`] | checking `metric_init`'s dicts into metric descriptors |
 //! | [`value`] | converting a callback's result to the metric's type |
 //! | [`metric_table`] | the `Ganglia_25metric` array and metadata gmond reads |
-//! | [`dispatch`] | how a call reaches Python: protected (worker thread, deadline) or inline (watchdog signal) |
-//! | [`host`] | the state between calls: metrics, last good values, failure reporting |
 //! | [`self_metrics`] | the host's own modpython_* metrics |
 //! | [`signals`] | keeping gmond's signal handlers in place around module code |
 //! | [`permissions`] | who may own the module code gmond imports as root |
 //! | [`settings`] | host settings (python_module params) and per-module `modpython.*` overrides |
 //! | [`text`] | what text gmond can carry |
-//! | [`check`] | `modpython-check` (src/bin): the same loading, checking and conversion, run without gmond, as a report |
+//! | [`check`] | `modpython-check` (src/bin): drives the same engine without gmond, in gmond's order, and reports |
 
 pub mod check;
+pub mod collection;
 pub mod cycles;
 pub mod descriptor;
-pub mod dispatch;
+pub mod engine;
 pub mod entry;
 pub mod ffi;
 pub mod gmond_config;
@@ -36,7 +38,6 @@ pub mod gmond_log;
 pub mod guard;
 pub mod host;
 pub mod metric_table;
-pub mod pcre;
 pub mod permissions;
 pub mod python;
 pub mod self_metrics;

@@ -22,12 +22,6 @@ pub struct MetricTable {
     _strings: Vec<CString>,
 }
 
-// SAFETY: the raw pointers refer to heap data owned by `_strings` (moved
-// with the table, never freed while it lives) and to APR tables that only
-// gmond reads, on its main thread; nothing mutates either after
-// construction, so moving the table to another thread is sound.
-unsafe impl Send for MetricTable {}
-
 fn value_type_code(t: ValueType) -> ffi::Ganglia_value_types {
     match t {
         ValueType::String => ffi::Ganglia_value_types::GANGLIA_VALUE_STRING,

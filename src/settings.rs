@@ -28,7 +28,7 @@ pub struct HostSettings {
     pub virtualenv: Option<PathBuf>,
     /// How long gmond waits for one handler call.
     pub call_timeout: Duration,
-    /// Where calls run (see `dispatch`).
+    /// Where calls run (see `engine`).
     pub call_mode: CallMode,
     /// Publish the host's own `modpython_*` metrics.
     pub self_metrics: bool,

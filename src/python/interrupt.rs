@@ -22,8 +22,8 @@
 //! its call ended is ignored by the handler, so it can never hit the next,
 //! innocent call.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -39,8 +39,12 @@ fn deadline_signal() -> libc::c_int {
 /// Name of the exception raised into a late call (in builtins-free module `_modpython`).
 pub const DEADLINE_EXCEPTION: &str = "CallDeadlineExceeded";
 
-/// The call in flight (0 = none); odd/even does not matter, only identity.
+/// The call in flight (0 = none), by identity. The watchdog sets
+/// [`FIRING`] on it while it sends the signal: the call cannot leave flight
+/// (see [`leave_flight`]) until the signal has been sent, so the signal
+/// never reaches gmond's thread outside the call it was aimed at.
 static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+const FIRING: u64 = 1 << 63;
 /// The call the watchdog last signalled.
 static TARGET: AtomicU64 = AtomicU64::new(0);
 /// When the current batch started at the latest (the monotonic clock, in
@@ -62,7 +66,22 @@ static WATCHDOG: OnceLock<std::thread::Thread> = OnceLock::new();
 struct Installed {
     gmond_thread: libc::pthread_t,
     exception: Py<PyAny>,
+    /// The Python-level handler, to register again if a module replaced it.
+    handler: Py<PyAny>,
+    /// The signal's action as Python installed it for `handler`.
+    action: libc::sigaction,
 }
+
+// SAFETY: `sigaction` is plain data (a function pointer, flags and a mask);
+// it is only read, and handed back to the kernel unchanged.
+unsafe impl Send for Installed {}
+// SAFETY: as above; nothing in it is mutated after installation.
+unsafe impl Sync for Installed {}
+
+/// Set when the signal's action was found changed and put back: the
+/// Python-level handler must be registered again (under the GIL, at the
+/// next [`arm`]).
+static REINSTALL: AtomicBool = AtomicBool::new(false);
 
 static INSTALLED: OnceLock<Installed> = OnceLock::new();
 
@@ -83,7 +102,7 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     let handler = PyCFunction::new_closure(py, None, None, move |args, _kwargs| -> PyResult<()> {
         // Only the call the watchdog aimed at, and only while it still runs.
         let target = TARGET.load(Ordering::Acquire);
-        if target != 0 && IN_FLIGHT.load(Ordering::Relaxed) == target {
+        if target != 0 && IN_FLIGHT.load(Ordering::Relaxed) & !FIRING == target {
             let py = args.py();
             return Err(PyErr::from_value(
                 raise_into
@@ -96,14 +115,74 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
     // `_signal`, the C module under signal.py: the same signal(), without
     // importing enum (~1 MB, ~6 ms at start) for the IntEnum wrappers.
     py.import("_signal")?
-        .call_method1("signal", (deadline_signal(), handler))?;
+        .call_method1("signal", (deadline_signal(), &handler))?;
     // SAFETY: pthread_self has no preconditions.
     let gmond_thread = unsafe { libc::pthread_self() };
     let _ = INSTALLED.set(Installed {
         gmond_thread,
         exception: exception.unbind(),
+        handler: handler.into_any().unbind(),
+        action: signal_action(),
     });
     Ok(())
+}
+
+fn signal_action() -> libc::sigaction {
+    // SAFETY: sigaction with a null new action only reads the current one
+    // into the zero-initialised struct we own.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(deadline_signal(), std::ptr::null(), &mut action);
+        action
+    }
+}
+
+/// Whether the deadline signal still has the action Python installed for
+/// our handler. A module may have replaced it (`signal.signal(…,
+/// SIG_DFL)` in an inline call): then the next deadline would kill gmond.
+/// The action is put back (Python's own C handler, which only records the
+/// signal), and the Python-level handler is registered again at the next
+/// [`arm`]. Returns false when it had to be put back.
+fn ensure_action(installed: &Installed) -> bool {
+    let now = signal_action();
+    if now.sa_sigaction == installed.action.sa_sigaction {
+        return true;
+    }
+    // SAFETY: re-installs exactly the action read from the kernel at
+    // installation, for the same signal.
+    unsafe { libc::sigaction(deadline_signal(), &installed.action, std::ptr::null_mut()) };
+    REINSTALL.store(true, Ordering::Release);
+    false
+}
+
+/// Puts the deadline signal's action back if module code changed it;
+/// returns the warning to log then (see [`ensure_action`]).
+pub fn restore_if_changed() -> Option<String> {
+    let installed = INSTALLED.get()?;
+    if ensure_action(installed) {
+        return None;
+    }
+    Some(format!(
+        "changed the action of signal {} (SIGRTMIN+3), which modpython uses to interrupt late inline calls; modpython's handler is restored",
+        deadline_signal()
+    ))
+}
+
+/// Registers the Python-level handler again after [`ensure_action`] put
+/// the action back.
+#[cold]
+fn reinstall(py: Python<'_>) {
+    REINSTALL.store(false, Ordering::Relaxed);
+    if let Some(installed) = INSTALLED.get() {
+        let registered = py.import("_signal").and_then(|s| {
+            s.call_method1("signal", (deadline_signal(), installed.handler.bind(py)))
+        });
+        if let Err(e) = registered {
+            log::error!(
+                "cannot register modpython's deadline handler again ({e}); late inline calls are not interrupted"
+            );
+        }
+    }
 }
 
 /// Starts the watchdog thread the first time an inline call is armed: its
@@ -156,7 +235,7 @@ impl Armed {
 
     /// Marks the call just made as no longer in flight (until `next`).
     pub fn pause(&self) {
-        IN_FLIGHT.store(0, Ordering::Release);
+        leave_flight(self.seq);
     }
 
     /// The next call of a batch, under the same guard: a new identity for
@@ -166,9 +245,8 @@ impl Armed {
         if self.moved_on {
             self.seq = begin_call(index);
         } else {
+            // `arm` put this call in flight already.
             self.moved_on = true;
-            LABEL_INDEX.store(index, Ordering::Relaxed);
-            IN_FLIGHT.store(self.seq, Ordering::Release);
         }
     }
 }
@@ -177,7 +255,7 @@ impl Armed {
 pub const INIT: usize = usize::MAX;
 
 static LABEL_INDEX: AtomicUsize = AtomicUsize::new(INIT);
-static METRIC_LABELS: OnceLock<Labels> = OnceLock::new();
+static METRIC_LABELS: RwLock<Option<Arc<Labels>>> = RwLock::new(None);
 
 /// What names a metric in the watchdog's messages: its module's label
 /// ("module 'x' (path)") and its name, shared with the host rather than
@@ -188,9 +266,10 @@ pub struct Labels {
     pub metrics: Vec<(u32, std::sync::Arc<str>)>,
 }
 
-/// Names the metrics by index, once they are known.
-pub fn set_metric_labels(labels: Labels) {
-    let _ = METRIC_LABELS.set(labels);
+/// Names the metrics by index, once they are known (replacing the names
+/// of an earlier set of modules, in tests that start several).
+pub fn set_metric_labels(labels: Arc<Labels>) {
+    *METRIC_LABELS.write().unwrap_or_else(|p| p.into_inner()) = Some(labels);
 }
 
 fn label_of_current() -> String {
@@ -199,7 +278,9 @@ fn label_of_current() -> String {
         return "an inline module's import or metric_init".to_owned();
     }
     METRIC_LABELS
-        .get()
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
         .and_then(|l| {
             let (module, name) = l.metrics.get(i)?;
             Some(format!(
@@ -212,9 +293,12 @@ fn label_of_current() -> String {
 
 /// Arms the watchdog for one inline call of metric `index`, with `deadline`
 /// for it and for each call [`Armed::next`] starts.
-pub fn arm(deadline: Duration, index: usize) -> Armed {
+pub fn arm(py: Python<'_>, deadline: Duration, index: usize) -> Armed {
     if !STARTED.load(Ordering::Relaxed) {
         start_watchdog();
+    }
+    if REINSTALL.load(Ordering::Acquire) {
+        reinstall(py);
     }
     // Rounded up: a deadline is never cut short.
     let ms = u64::try_from(deadline.as_nanos().div_ceil(1_000_000))
@@ -260,7 +344,45 @@ fn begin_call(index: usize) -> u64 {
 
 impl Drop for Armed {
     fn drop(&mut self) {
-        IN_FLIGHT.store(0, Ordering::Release);
+        leave_flight(self.seq);
+    }
+}
+
+/// Takes call `seq` out of flight. If the watchdog is sending it the
+/// signal right now, waits until it has been sent (microseconds), and if
+/// the call was signalled, takes a signal still pending off gmond's thread:
+/// delivered later, outside the call, it would make gmond's own next system
+/// call fail with EINTR.
+fn leave_flight(seq: u64) {
+    loop {
+        match IN_FLIGHT.compare_exchange(seq, 0, Ordering::AcqRel, Ordering::Acquire) {
+            Err(now) if now == seq | FIRING => std::hint::spin_loop(),
+            // Done, or already out of flight (paused before being dropped).
+            _ => break,
+        }
+    }
+    if TARGET.load(Ordering::Acquire) == seq {
+        discard_pending_signal();
+    }
+}
+
+#[cold]
+fn discard_pending_signal() {
+    // SAFETY: the set is ours; the signal is blocked on this thread only
+    // while a zero-timeout sigtimedwait takes any pending instance, then
+    // the thread's previous mask is restored.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, deadline_signal());
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut previous);
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        while libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) > 0 {}
+        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
     }
 }
 
@@ -281,7 +403,7 @@ fn watchdog() {
                 .load(Ordering::Relaxed)
                 .clamp(10, 60_000),
         );
-        let current = IN_FLIGHT.load(Ordering::Acquire);
+        let current = IN_FLIGHT.load(Ordering::Acquire) & !FIRING;
         if current == 0 {
             seen = None;
             std::thread::park_timeout(shortest / 2);
@@ -309,17 +431,37 @@ fn watchdog() {
             Some((call, at)) if call == current => elapsed >= at + RESEND_EVERY,
             _ => true,
         };
-        if resend {
+        // Claimed: the call cannot leave flight until the signal is sent.
+        let claimed = resend
+            && IN_FLIGHT
+                .compare_exchange(
+                    current,
+                    current | FIRING,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok();
+        if claimed {
             if sent.is_none_or(|(call, _)| call != current) {
                 FIRED_AFTER_MS.store(elapsed.as_millis() as u64, Ordering::Release);
             }
             sent = Some((current, elapsed));
             TARGET.store(current, Ordering::Release);
             if let Some(installed) = INSTALLED.get() {
-                // SAFETY: gmond's main thread lives as long as the process;
-                // the signal has a Python-level handler, so it cannot kill us.
-                unsafe { libc::pthread_kill(installed.gmond_thread, deadline_signal()) };
+                if !ensure_action(installed) {
+                    log::warn!(
+                        "{}: module code replaced the action of signal {} (SIGRTMIN+3), which modpython uses to interrupt late inline calls; it is put back (the call in flight is not interrupted this time)",
+                        label_of_current(),
+                        deadline_signal()
+                    );
+                } else {
+                    // SAFETY: gmond's main thread lives as long as the
+                    // process; the signal's action was just checked to be
+                    // Python's handler, so it cannot kill gmond.
+                    unsafe { libc::pthread_kill(installed.gmond_thread, deadline_signal()) };
+                }
             }
+            IN_FLIGHT.store(current, Ordering::Release);
         }
         if elapsed >= deadline + Duration::from_secs(2) && reported != current {
             reported = current;

@@ -294,7 +294,7 @@ pub fn load_all(
             // Inline modules run on gmond's thread throughout, where Python
             // allows signal.signal(); the watchdog interrupts a late init.
             let armed =
-                super::interrupt::arm(options.settings.init_timeout, super::interrupt::INIT);
+                super::interrupt::arm(py, options.settings.init_timeout, super::interrupt::INIT);
             let result = load_module(py, dir, &id, block);
             let late = armed.fired();
             drop(armed);
@@ -448,7 +448,7 @@ fn load_with_deadline(
     let (dir_owned, id_owned, block_owned) = (dir.to_path_buf(), id.clone(), block.clone());
     let spawned = std::thread::Builder::new()
         .name("modpython-init".to_owned())
-        .stack_size(crate::dispatch::PYTHON_THREAD_STACK)
+        .stack_size(super::THREAD_STACK)
         .spawn(move || {
             signals::block_in_this_thread();
             let load = || Python::attach(|py| load_module(py, &dir_owned, &id_owned, &block_owned));
@@ -480,6 +480,19 @@ fn load_with_deadline(
 /// Imports one module and runs its `metric_init`. An `Err` means the module
 /// is skipped; problems with single metrics are logged and only skip those.
 fn load_module(
+    py: Python<'_>,
+    dir: &Path,
+    id: &ModuleRef,
+    block: &ModuleBlock,
+) -> Result<(Py<PyModule>, Vec<LoadedMetric>), String> {
+    let result = import_and_init(py, dir, id, block);
+    // A module that forked while loading (the child comes back here, as a
+    // second gmond holding its sockets) ends that copy, as after a call.
+    super::fork_guard::exit_if_forked();
+    result
+}
+
+fn import_and_init(
     py: Python<'_>,
     dir: &Path,
     id: &ModuleRef,
@@ -717,11 +730,6 @@ fn descriptor_to_metric(
     })
 }
 
-/// How long all modules' `metric_cleanup()` calls may take together, on
-/// gmond's shutdown or reload and in `modpython-check` alike: one that never
-/// returns is reported and left behind after this.
-pub const CLEANUP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Calls each module's `metric_cleanup()`, in load order; `progress` hears
 /// of each module before its cleanup runs.
 pub fn cleanup_modules(
@@ -824,7 +832,9 @@ fn call_cleanup(py: Python<'_>, id: &ModuleRef, module: &Bound<'_, PyAny>) {
         );
         return;
     }
-    if let Err(e) = cleanup.call0() {
+    let result = cleanup.call0();
+    super::fork_guard::exit_if_forked();
+    if let Err(e) = result {
         report(
             log::Level::Error,
             Some(id),

@@ -24,15 +24,21 @@ pub const PYTHON_EXECUTABLE: &str = env!("MODPYTHON_PYTHON_EXECUTABLE");
 /// `major.minor` of the CPython we were built against.
 pub const PYTHON_VERSION: &str = env!("MODPYTHON_PYTHON_VERSION");
 
+/// Stack for threads that run module code: Python's recursion limit is
+/// sized for a main thread's 8 MiB, not Rust's 2 MiB default, and a module
+/// raising the limit must hit RecursionError, not a stack overflow.
+pub const THREAD_STACK: usize = 16 * 1024 * 1024;
+
 /// Starts the interpreter once per process and releases the GIL.
-/// Later calls (a second `init` in tests, the tools) are no-ops.
-pub fn start() -> Result<(), String> {
+/// `verbose`: module logging at info and debug too (gmond's debug level
+/// above 1). Later calls (a second `init` in tests, the tools) are no-ops.
+pub fn start(verbose: bool) -> Result<(), String> {
     static STARTED: once_cell::sync::OnceCell<Result<(), String>> =
         once_cell::sync::OnceCell::new();
-    STARTED.get_or_init(start_interpreter).clone()
+    STARTED.get_or_init(|| start_interpreter(verbose)).clone()
 }
 
-fn start_interpreter() -> Result<(), String> {
+fn start_interpreter(verbose: bool) -> Result<(), String> {
     // SAFETY: a plain query, valid before and after initialisation.
     if unsafe { ffi::Py_IsInitialized() } != 0 {
         // Someone else (a test harness embedding Python) started it already.
@@ -57,7 +63,7 @@ fn start_interpreter() -> Result<(), String> {
     })
     .map_err(|e| format!("the Python interpreter started but could not be configured: {e}"))?;
     // print, sys.stderr and the logging package go to gmond's log.
-    if let Err(e) = Python::attach(|py| ganglia::install(py, crate::gmond_log::debug_level() > 1)) {
+    if let Err(e) = Python::attach(|py| ganglia::install(py, verbose)) {
         log::warn!("module output (print, logging) will not reach gmond's log: {e}");
     }
     if let Err(e) = Python::attach(fork_guard::install) {

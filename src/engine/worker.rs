@@ -1,0 +1,450 @@
+//! Protected calls: made on a worker thread while the calling thread
+//! (gmond's) waits for them, up to a deadline per call.
+//!
+//! Past a call's deadline the caller stops waiting: the worker stays with
+//! that call (it cannot be stopped), and a fresh worker serves everyone
+//! else. Waking a sleeping thread costs ~45 µs on these machines
+//! (`hung-handlers.md`), so both sides spin briefly before sleeping: in a
+//! collection round, calls follow each other within microseconds and the
+//! hand-off stays on the spinning path.
+//!
+//! # The hand-off
+//!
+//! One [`Slot`] per worker holds the state both threads move along:
+//!
+//! ```text
+//!  caller: post            worker (holding the GIL): take
+//!  IDLE ─────────► REQUESTED ───────────────────────► RUNNING
+//!   ▲                 │ caller: withdraw                 │ worker: batch over
+//!   │                 ▼ (no GIL in time)                 ▼
+//!   ├──────────────  IDLE                               DONE
+//!   └────────────────────────── caller: results taken ───┘
+//!
+//!  worker thread ends, whatever the path (stop, panic): EXITED (final)
+//! ```
+//!
+//! The worker takes a request only once it holds the GIL, and takes it with
+//! a compare-and-swap the caller's withdrawal races against: exactly one of
+//! them wins. So a worker still waiting for the GIL — held by a C extension,
+//! or by another module's stuck call — is never taken for a hung call: its
+//! request is withdrawn and the worker stays usable. Only a call that has
+//! started (RUNNING) can be abandoned; the caller then sets `stop`, never
+//! touches the slot's state again, and the worker, once that call returns,
+//! publishes its result (the late value) and ends in DONE, then EXITED.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+
+use super::call::{
+    CallTarget, Failed, Outcome, Stopwatch, Targets, call_and_convert, described, in_module_scopes,
+};
+use crate::cycles;
+
+// Slot states.
+const IDLE: u32 = 0;
+const REQUESTED: u32 = 1;
+const RUNNING: u32 = 2;
+const DONE: u32 = 3;
+const EXITED: u32 = 4;
+
+/// How long gmond's thread spins for a result before sleeping, and how long
+/// a worker spins for the next request before sleeping. Calls of one
+/// collection round arrive microseconds apart.
+const CALLER_SPIN: Duration = Duration::from_micros(5);
+const WORKER_SPIN: Duration = Duration::from_micros(10);
+/// How long a worker holding the GIL waits for the next call of a burst
+/// before releasing it (module threads and inline calls need it).
+const HOT_SPIN: Duration = Duration::from_micros(10);
+
+/// Results are handed over this many at a time: one lock per call would
+/// cost as much as a trivial call, while a stuck batch should still give
+/// up what it made before the stuck call.
+const PUBLISH_EVERY: usize = 32;
+
+/// While a batch runs longer than the spin, the caller looks at it this
+/// often (a deadline wakes it sooner).
+const POLL: Duration = Duration::from_millis(100);
+
+/// What the worker made of one call (failures, rare, boxed to keep the
+/// hand-over buffer small), and its run time when timed.
+type Made = (usize, Result<crate::value::Value, Box<Failed>>, f32);
+
+/// The rendezvous between the calling thread and one worker thread.
+struct Slot {
+    state: AtomicU32,
+    /// Set by the caller: the worker is to end after its current call (a
+    /// stuck one) or at once when idle.
+    stop: AtomicBool,
+    /// The metrics to call, in order; written by the caller while IDLE,
+    /// taken by the worker on RUNNING.
+    batch: Mutex<Vec<usize>>,
+    /// Their results, in the same order; published a chunk at a time.
+    results: Mutex<Vec<Made>>,
+    /// How many calls of the batch have returned.
+    progress: AtomicUsize,
+    /// When the current call started (coarse monotonic clock, ns).
+    call_started: AtomicU64,
+    /// When the call the caller gave up on returned (monotonic ns; 0 before).
+    returned: AtomicU64,
+    /// How many times the worker has acquired the GIL: after a withdrawal,
+    /// tells whether it has got it since.
+    gil_taken: AtomicU64,
+    worker_asleep: AtomicBool,
+    caller_asleep: AtomicBool,
+    /// Whether to time each call (for `modpython-check`).
+    timed: bool,
+    /// The calling thread, woken when a result is ready.
+    caller: Thread,
+}
+
+/// How a batch handed to the worker ended.
+pub enum BatchEnd {
+    /// Every call returned.
+    Done,
+    /// A call did not return within the deadline; the worker stays with it
+    /// and must not be used again.
+    Stuck(Stuck),
+    /// The worker could not get the GIL within the wait: the request was
+    /// withdrawn, nothing was called, and the worker stays usable.
+    NoGil(Duration),
+    /// The worker thread ended (an internal error); calls not made.
+    Lost,
+}
+
+/// A thread that makes calls for the thread that started it.
+pub struct Worker {
+    slot: Arc<Slot>,
+    thread: Thread,
+}
+
+/// A call the caller stopped waiting for; its worker still runs it.
+pub struct Stuck {
+    slot: Arc<Slot>,
+    /// The metric whose call is stuck.
+    pub index: usize,
+    /// When the call started (monotonic ns).
+    started: u64,
+}
+
+impl Stuck {
+    /// Whether the abandoned call has returned by now.
+    pub fn finished(&self) -> bool {
+        matches!(self.slot.state.load(Ordering::SeqCst), DONE | EXITED)
+    }
+
+    /// How long the call has run, or ran if it has returned.
+    pub fn run_time(&self) -> Duration {
+        let end = match self.slot.returned.load(Ordering::Acquire) {
+            0 => cycles::monotonic_ns(),
+            at => at,
+        };
+        Duration::from_nanos(end.saturating_sub(self.started))
+    }
+
+    /// What the call made once it returned (its late result), to `each`.
+    pub fn take_results(&self, mut each: impl FnMut(usize, Outcome)) {
+        let mut results = self.slot.results.lock().unwrap_or_else(|p| p.into_inner());
+        for (index, result, _) in results.drain(..) {
+            each(index, made_outcome(result));
+        }
+    }
+}
+
+fn made_outcome(result: Result<crate::value::Value, Box<Failed>>) -> Outcome {
+    match result {
+        Ok(value) => Outcome::Value(value),
+        Err(failed) => Outcome::Failed(*failed),
+    }
+}
+
+impl Worker {
+    /// Starts a worker for calls made from the current thread.
+    pub fn spawn(targets: Targets, timed: bool) -> std::io::Result<Worker> {
+        let slot = Arc::new(Slot {
+            state: AtomicU32::new(IDLE),
+            stop: AtomicBool::new(false),
+            batch: Mutex::new(Vec::new()),
+            results: Mutex::new(Vec::new()),
+            progress: AtomicUsize::new(0),
+            call_started: AtomicU64::new(0),
+            returned: AtomicU64::new(0),
+            gil_taken: AtomicU64::new(0),
+            worker_asleep: AtomicBool::new(false),
+            caller_asleep: AtomicBool::new(false),
+            timed,
+            caller: thread::current(),
+        });
+        let worker_slot = Arc::clone(&slot);
+        let handle = thread::Builder::new()
+            .name("modpython-call".to_owned())
+            .stack_size(crate::python::THREAD_STACK)
+            .spawn(move || {
+                let _exited = ExitGuard(&worker_slot);
+                crate::signals::block_in_this_thread();
+                worker_main(&worker_slot, &targets);
+            })?;
+        Ok(Worker {
+            slot,
+            thread: handle.thread().clone(),
+        })
+    }
+
+    /// How many times the worker has held the GIL so far.
+    pub fn gil_taken(&self) -> u64 {
+        self.slot.gil_taken.load(Ordering::Acquire)
+    }
+
+    /// Has the worker call the metrics of `batch`, in order, each within
+    /// `deadline` of its start; each outcome goes to `each` as it is taken
+    /// over. Handing a whole round's worth of one module's calls over at
+    /// once costs one wake-up instead of one per call. If the worker has
+    /// not taken the request within `gil_wait` (it cannot get the GIL), the
+    /// request is withdrawn. An empty batch only proves that a thread can
+    /// get the GIL now.
+    pub fn call_batch(
+        &self,
+        batch: &[usize],
+        deadline: Duration,
+        gil_wait: Duration,
+        mut each: impl FnMut(usize, Outcome, f32),
+    ) -> BatchEnd {
+        let slot = &self.slot;
+        if slot.state.load(Ordering::SeqCst) != IDLE {
+            return BatchEnd::Lost;
+        }
+        slot.progress.store(0, Ordering::Relaxed);
+        {
+            let mut requested = slot.batch.lock().unwrap_or_else(|p| p.into_inner());
+            requested.clear();
+            requested.extend_from_slice(batch);
+        }
+        slot.state.store(REQUESTED, Ordering::SeqCst);
+        if slot.worker_asleep.load(Ordering::SeqCst) {
+            self.thread.unpark();
+        }
+        let mut end = BatchEnd::Done;
+        let finished = |state: u32| matches!(state, DONE | EXITED);
+        if !spin_until(CALLER_SPIN, || finished(slot.state.load(Ordering::SeqCst))) {
+            // The clock is read only on this slow path; the spin is part of the wait.
+            let posted = Instant::now()
+                .checked_sub(CALLER_SPIN)
+                .unwrap_or_else(Instant::now);
+            slot.caller_asleep.store(true, Ordering::SeqCst);
+            loop {
+                let wait = match slot.state.load(Ordering::SeqCst) {
+                    DONE | EXITED => break,
+                    REQUESTED => {
+                        let waited = posted.elapsed();
+                        if waited >= gil_wait {
+                            if slot
+                                .state
+                                .compare_exchange(
+                                    REQUESTED,
+                                    IDLE,
+                                    Ordering::SeqCst,
+                                    Ordering::SeqCst,
+                                )
+                                .is_ok()
+                            {
+                                slot.caller_asleep.store(false, Ordering::SeqCst);
+                                return BatchEnd::NoGil(waited);
+                            }
+                            // Taken just now: it is running.
+                            continue;
+                        }
+                        gil_wait - waited
+                    }
+                    _ => {
+                        // RUNNING: the current call's own deadline.
+                        let progress = slot.progress.load(Ordering::Acquire);
+                        // The coarse stamp plus its lag: never later than the
+                        // true start, so a deadline is never cut short.
+                        let started =
+                            slot.call_started.load(Ordering::Acquire) + cycles::coarse_lag_ns();
+                        let ran =
+                            Duration::from_nanos(cycles::monotonic_ns().saturating_sub(started));
+                        // Every call has returned: the worker is only finishing up.
+                        if ran >= deadline && progress < batch.len() {
+                            slot.stop.store(true, Ordering::SeqCst);
+                            self.thread.unpark();
+                            end = BatchEnd::Stuck(Stuck {
+                                slot: Arc::clone(slot),
+                                index: batch[progress],
+                                started: started.saturating_sub(cycles::coarse_lag_ns()),
+                            });
+                            break;
+                        }
+                        deadline.saturating_sub(ran)
+                    }
+                };
+                thread::park_timeout(wait.min(POLL));
+            }
+            slot.caller_asleep.store(false, Ordering::SeqCst);
+        }
+        {
+            // Drained, not taken: the buffer keeps its capacity from round to
+            // round (the worker appends to it under the same lock).
+            let mut results = slot.results.lock().unwrap_or_else(|p| p.into_inner());
+            for (index, result, seconds) in results.drain(..) {
+                each(index, made_outcome(result), seconds);
+            }
+        }
+        match end {
+            BatchEnd::Done if slot.state.load(Ordering::SeqCst) == EXITED => BatchEnd::Lost,
+            BatchEnd::Done => {
+                slot.state.store(IDLE, Ordering::SeqCst);
+                BatchEnd::Done
+            }
+            other => other,
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // A dropped worker ends when it next wakes (or when its stuck call
+        // returns).
+        self.slot.stop.store(true, Ordering::SeqCst);
+        self.thread.unpark();
+    }
+}
+
+/// Stores the final state however the worker thread ends.
+struct ExitGuard<'a>(&'a Slot);
+
+impl Drop for ExitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.state.store(EXITED, Ordering::SeqCst);
+        if self.0.caller_asleep.load(Ordering::SeqCst) {
+            self.0.caller.unpark();
+        }
+    }
+}
+
+/// Spins until `ready()` or `limit` elapses; true if ready.
+fn spin_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        for _ in 0..64 {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= limit {
+            return ready();
+        }
+    }
+}
+
+fn worker_main(slot: &Slot, targets: &[CallTarget]) {
+    // One Python thread state for the worker's whole life: modules that
+    // keep per-thread state (threading.local, a cached connection) keep it
+    // from one round to the next.
+    Python::attach(|py| {
+        let mut made: Vec<Made> = Vec::new();
+        // Swapped with the slot's request, so neither side allocates per batch.
+        let mut batch: Vec<usize> = Vec::new();
+        loop {
+            // The GIL is held here: just acquired, at start or after a wait.
+            slot.gil_taken.fetch_add(1, Ordering::AcqRel);
+            while take_request(slot) {
+                std::mem::swap(
+                    &mut batch,
+                    &mut *slot.batch.lock().unwrap_or_else(|p| p.into_inner()),
+                );
+                if !run_batch(py, slot, targets, &batch, &mut made) {
+                    return;
+                }
+                // Keep the GIL for a request that follows at once (another
+                // module's batch in the same round).
+                if !spin_until(HOT_SPIN, || slot.state.load(Ordering::SeqCst) == REQUESTED) {
+                    break;
+                }
+            }
+            if slot.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            // Between batches the GIL is released, so module threads run.
+            if !py.detach(|| wait_for_request(slot)) {
+                return;
+            }
+        }
+    })
+}
+
+/// REQUESTED → RUNNING, unless the caller withdrew the request first.
+fn take_request(slot: &Slot) -> bool {
+    slot.state
+        .compare_exchange(REQUESTED, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
+}
+
+/// Makes the calls of `batch`; false when the worker is to end (the caller
+/// gave up on one of them).
+fn run_batch(
+    py: Python<'_>,
+    slot: &Slot,
+    targets: &[CallTarget],
+    batch: &[usize],
+    made: &mut Vec<Made>,
+) -> bool {
+    let mut stop = false;
+    in_module_scopes(py, targets, batch, |target, index| {
+        slot.call_started
+            .store(cycles::coarse_ns(), Ordering::Release);
+        let watch = Stopwatch::start(slot.timed);
+        // A panic must not end the worker with the batch half made.
+        let result = panic::catch_unwind(AssertUnwindSafe(|| {
+            call_and_convert(py, target).map_err(|failure| Box::new(described(py, failure)))
+        }))
+        .unwrap_or_else(|_| Err(Box::new(Failed::internal())));
+        made.push((index, result, watch.seconds()));
+        slot.progress.fetch_add(1, Ordering::Release);
+        stop = slot.stop.load(Ordering::SeqCst);
+        if stop {
+            // The caller gave up on this call: it is the late one.
+            slot.returned
+                .store(cycles::monotonic_ns(), Ordering::Release);
+        }
+        if made.len() >= PUBLISH_EVERY || stop {
+            publish(slot, made);
+        }
+        !stop
+    });
+    publish(slot, made);
+    slot.state.store(DONE, Ordering::SeqCst);
+    if slot.caller_asleep.load(Ordering::SeqCst) {
+        slot.caller.unpark();
+    }
+    !stop && !slot.stop.load(Ordering::SeqCst)
+}
+
+/// Hands the results made so far to the caller.
+fn publish(slot: &Slot, made: &mut Vec<Made>) {
+    if !made.is_empty() {
+        slot.results
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .append(made);
+    }
+}
+
+/// Waits (spinning briefly, then asleep) for the next request; false when
+/// the worker is to end.
+fn wait_for_request(slot: &Slot) -> bool {
+    let requested = || slot.state.load(Ordering::SeqCst) == REQUESTED;
+    if !spin_until(WORKER_SPIN, requested) {
+        slot.worker_asleep.store(true, Ordering::SeqCst);
+        while !requested() && !slot.stop.load(Ordering::SeqCst) {
+            thread::park();
+        }
+        slot.worker_asleep.store(false, Ordering::SeqCst);
+    }
+    !slot.stop.load(Ordering::SeqCst)
+}
