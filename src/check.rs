@@ -16,7 +16,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -328,6 +328,9 @@ pub struct Report {
     pub problems: Vec<Problem>,
     /// Informational host messages (shown with --verbose).
     pub info: Vec<String>,
+    /// Module lines at info or debug level, which gmond shows only at
+    /// debug level 2 or more, left out for the debug level checked.
+    pub hidden_output: usize,
 }
 
 impl Report {
@@ -386,12 +389,17 @@ impl Report {
                 let _ = writeln!(out, "  {}", line.replace('\n', "\n  "));
             }
         }
-        if !self.output.is_empty() {
-            out.push_str(
-                "\nWhat modules said (as in gmond's log; info and debug lines only with --debug 2 or more):\n",
-            );
+        if !self.output.is_empty() || self.hidden_output > 0 {
+            out.push_str("\nWhat modules said (as in gmond's log):\n");
             for line in &self.output {
                 let _ = writeln!(out, "  {:<7} {}", level_name(line.level), line.text);
+            }
+            if self.hidden_output > 0 {
+                let _ = writeln!(
+                    out,
+                    "  ({} line(s) at info or debug level not shown: gmond logs them only at debug level 2 or more; see them with --debug 2)",
+                    self.hidden_output
+                );
             }
         }
         if !self.problems.is_empty() {
@@ -648,11 +656,14 @@ struct Collector {
     /// gmond's debug level being checked against: module lines at info and
     /// debug pass only above 1, as in gmond's log.
     debug_level: AtomicI32,
+    /// Module lines left out for that reason.
+    hidden: AtomicUsize,
 }
 
 static COLLECTOR: Collector = Collector {
     records: Mutex::new(Vec::new()),
     debug_level: AtomicI32::new(0),
+    hidden: AtomicUsize::new(0),
 };
 
 impl Log for Collector {
@@ -666,6 +677,7 @@ impl Log for Collector {
             && record.level() > Level::Warn
             && self.debug_level.load(Ordering::Relaxed) <= 1
         {
+            self.hidden.fetch_add(1, Ordering::Relaxed);
             return;
         }
         self.records
@@ -688,6 +700,7 @@ pub fn install_collector() -> bool {
 }
 
 fn drain_log(report: &mut Report) {
+    report.hidden_output = COLLECTOR.hidden.swap(0, Ordering::Relaxed);
     let records = std::mem::take(&mut *COLLECTOR.records.lock().unwrap_or_else(|p| p.into_inner()));
     for (level, from_module, text) in records {
         if from_module {
@@ -908,8 +921,17 @@ pub fn run(options: &Options) -> Report {
         })
         .collect();
     check_collection(&setup, options, &plan, &mut report);
-    call_metrics(&mut engine, &plan, options, &mut report);
-    engine.cleanup();
+    // What the engine says of a module or metric comes back with its
+    // module, file and metric, as while loading.
+    let (summaries, diagnostics) = loader::collect_diagnostics(|| {
+        let summaries = call_metrics(&mut engine, &plan, options, &mut report);
+        engine.cleanup();
+        summaries
+    });
+    report
+        .problems
+        .extend(diagnostics.into_iter().map(problem_of));
+    report.problems.extend(summaries);
     drain_log(&mut report);
     report
 }
@@ -1070,7 +1092,13 @@ impl Observer for Recorder<'_> {
 /// the calls go in the batches, under the deadlines and with the back-off
 /// gmond's would. Metrics no entry selects (gmond never calls them) are
 /// called on their own after the rest, to show their values.
-fn call_metrics(engine: &mut Engine, plan: &Plan, options: &Options, report: &mut Report) {
+/// Returns each metric's summary of its failed and skipped calls.
+fn call_metrics(
+    engine: &mut Engine,
+    plan: &Plan,
+    options: &Options,
+    report: &mut Report,
+) -> Vec<Problem> {
     let count = engine.metric_count();
     let settings: Vec<(CallMode, Duration)> = engine.call_settings().collect();
     let module_of: Vec<usize> = (0..count).map(|i| engine.module_of(i)).collect();
@@ -1101,6 +1129,7 @@ fn call_metrics(engine: &mut Engine, plan: &Plan, options: &Options, report: &mu
         stuck_metric,
         ..
     } = recorder;
+    let mut summaries = Vec::new();
     for i in 0..count {
         let m = &report.metrics[i];
         let total = m.values.len();
@@ -1109,7 +1138,7 @@ fn call_metrics(engine: &mut Engine, plan: &Plan, options: &Options, report: &mu
             problems.push((
                 Severity::Error,
                 format!(
-                    "metric '{}' failed in {} of {total} call(s) (gmond would keep its last good value); first at call {round}: {why}",
+                    "metric '{}' failed in {} of {total} call(s); first at call {round}: {why}",
                     m.name,
                     m.failures(),
                 ),
@@ -1142,7 +1171,7 @@ fn call_metrics(engine: &mut Engine, plan: &Plan, options: &Options, report: &mu
             ));
         }
         for (severity, message) in problems {
-            report.problems.push(Problem {
+            summaries.push(Problem {
                 severity,
                 module: Some(m.module.clone()),
                 file: Some(m.file.clone()),
@@ -1151,6 +1180,7 @@ fn call_metrics(engine: &mut Engine, plan: &Plan, options: &Options, report: &mu
             });
         }
     }
+    summaries
 }
 
 /// Why gmond would have no value from a call that overran its deadline.

@@ -225,24 +225,21 @@ fn broken_fixture_names_module_file_metric_and_cause() {
         ),
         (
             "bad_handler_raise_after_one",
+            // As gmond logs it: it had a good value from the first call.
             &[
-                "metric 'broken_raise_after_one' failed in 1 of 2",
-                "first at call 2",
+                "metric 'broken_raise_after_one' failed (gmond keeps its last good value",
                 "ValueError",
             ],
         ),
         (
             "bad_handler_raise_always",
-            &["metric 'broken_raise_always_uint' failed in 2 of 2"],
+            &["metric 'broken_raise_always_uint' failed (gmond publishes 0 until a call succeeds"],
         ),
         (
             "bad_handler_sys_exit",
             &["metric 'broken_sys_exit'", "SystemExit: 3"],
         ),
-        (
-            "bad_handler_returns_none",
-            &["metric 'broken_none_after_one'", "returned None"],
-        ),
+        ("bad_handler_returns_none", &["returned None"]),
         (
             "bad_handler_wrong_type",
             &["metric 'broken_wrong_type_dict'", "dict"],
@@ -296,6 +293,10 @@ fn broken_fixture_names_module_file_metric_and_cause() {
         run.row("broken_raise_after_one").contains("5 | FAILED"),
         "{run}"
     );
+    // The checker's own summary of the calls.
+    run.assert_has("metric 'broken_raise_after_one' failed in 1 of 2 call(s); first at call 2");
+    run.assert_has("metric 'broken_raise_always_uint' failed in 2 of 2 call(s)");
+    run.assert_has("metric 'broken_none_after_one' failed in 1 of 2 call(s); first at call 2: the callback returned None");
     run.assert_has("FAILED: ");
 }
 
@@ -475,11 +476,24 @@ def metric_init(params):
     )
     .unwrap();
     let pyconf = tmp.path().join("talker.pyconf");
+    // At gmond's default debug level, info lines are not logged, so not shown.
+    let quiet = check(&[
+        "--pyconf",
+        pyconf.to_str().unwrap(),
+        "--dir",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert_eq!(quiet.code, Some(0), "{quiet}");
+    quiet.assert_has("warning [talker] careful");
+    assert!(!quiet.has("hello from import"), "{quiet}");
+    quiet.assert_has("2 line(s) at info or debug level not shown");
     let run = check(&[
         "--pyconf",
         pyconf.to_str().unwrap(),
         "--dir",
         tmp.path().to_str().unwrap(),
+        "--debug",
+        "2",
     ]);
     assert_eq!(run.code, Some(0), "{run}");
     for line in [
@@ -545,21 +559,19 @@ fn a_hung_handler_is_reported_as_gmond_would_time_it_out() {
     );
     assert_eq!(run.code, Some(1), "{run}");
     // Protected (the default): gmond stops waiting after call_timeout...
-    let problem = run.problem("hang");
-    assert!(
-        problem.contains("metric 'hang_sleep' failed in 1 of 1")
-            && problem.contains("gmond would time this out after 3.0s"),
-        "{run}"
-    );
-    // ...and calls none of the module's metrics until the call returns.
-    run.assert_has("metric 'hang_after' failed in 1 of 1 call(s)");
+    run.assert_has("metric 'hang_sleep' failed in 1 of 1 call(s); first at call 1: gmond would time this out after 3.0s");
+    // ...and calls none of the module's metrics until the call returns:
+    // its batch sibling is not called, as in gmond.
+    run.assert_has("metric 'hang_after' was not called in 1 of 1 round(s)");
     run.assert_has("not called: the module's call of metric 'hang_sleep' has not returned");
-    // Inline, with the module's own deadline: interrupted.
-    let problem = run.problem("inline");
-    assert!(
-        problem.contains("gmond would time this out after 1.0s") && problem.contains("interrupted"),
-        "{run}"
+    assert!(run.row("hang_after").contains("skipped"), "{run}");
+    // The engine's own line, as gmond logs it: there never was a good value.
+    run.assert_has(
+        "metric 'hang_sleep' did not return within 3.0s; gmond publishes 0 until a call succeeds",
     );
+    // Inline, with the module's own deadline: interrupted.
+    run.assert_has("metric 'inline_sleep' failed in 1 of 1 call(s); first at call 1: gmond would time this out after 1.0s");
+    run.assert_has("the call ran past its 1.0s deadline (1.0s) and was interrupted");
     // Other modules are unaffected.
     assert!(run.row("quick_one").contains('7'), "{run}");
 }

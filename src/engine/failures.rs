@@ -3,8 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+use log::Level;
+
 use super::call::Failed;
-use crate::python::loader::ModuleRef;
+use crate::python::loader::{ModuleRef, report};
 
 /// How often a metric that keeps failing is mentioned again in the log.
 pub const REPEAT_LOG_EVERY: Duration = Duration::from_secs(600);
@@ -54,13 +56,17 @@ pub fn record(
     let now = Instant::now();
     let Some(failure) = run else {
         if log_first {
-            log::error!(
-                "{}: metric '{}' failed ({}; repeats are logged every {} minutes)\n{}",
-                subject.module,
-                subject.metric,
-                kept(subject.has_good, subject.text),
-                REPEAT_LOG_EVERY.as_secs() / 60,
-                failed.detail()
+            report(
+                Level::Error,
+                Some(subject.module),
+                Some(subject.metric),
+                format!(
+                    "metric '{}' failed ({}; repeats are logged every {} minutes)\n{}",
+                    subject.metric,
+                    kept(subject.has_good, subject.text),
+                    REPEAT_LOG_EVERY.as_secs() / 60,
+                    failed.detail()
+                ),
             );
         }
         *run = Some(Box::new(Failure {
@@ -76,36 +82,49 @@ pub fn record(
         let doublings = (failure.count - u64::from(BACKOFF_AFTER)).min(16) as u32;
         let pause = BACKOFF_FIRST.saturating_mul(1 << doublings).min(retry_max);
         if failure.count == u64::from(BACKOFF_AFTER) {
-            log::warn!(
-                "{}: metric '{}': {} failures in a row; it is now called at most every {}s, backing off to every {}s while it keeps failing",
-                subject.module,
-                subject.metric,
-                failure.count,
-                pause.as_secs(),
-                retry_max.as_secs()
+            report(
+                Level::Warn,
+                Some(subject.module),
+                Some(subject.metric),
+                format!(
+                    "metric '{}': {} failures in a row; it is now called at most every {}s, backing off to every {}s while it keeps failing",
+                    subject.metric,
+                    failure.count,
+                    pause.as_secs(),
+                    retry_max.as_secs()
+                ),
             );
         }
         failure.retry_at = Some(now + pause);
     }
     if now.duration_since(failure.last_logged) >= REPEAT_LOG_EVERY {
         failure.last_logged = now;
-        log::error!(
-            "{}: metric '{}' still failing: {} failed call(s) in {}s; latest: {}",
-            subject.module,
-            subject.metric,
-            failure.count,
-            failure.since.elapsed().as_secs(),
-            failed.summary()
+        report(
+            Level::Error,
+            Some(subject.module),
+            Some(subject.metric),
+            format!(
+                "metric '{}' still failing: {} failed call(s) in {}s; latest: {}",
+                subject.metric,
+                failure.count,
+                failure.since.elapsed().as_secs(),
+                failed.summary()
+            ),
         );
     }
 }
 
 /// Ends a run of failures with a success, saying so.
 pub fn recovered(run: &Failure, module: &ModuleRef, metric: &str) {
-    log::warn!(
-        "{module}: metric '{metric}' recovered after {} failed call(s) over {}s",
-        run.count,
-        run.since.elapsed().as_secs()
+    report(
+        Level::Warn,
+        Some(module),
+        Some(metric),
+        format!(
+            "metric '{metric}' recovered after {} failed call(s) over {}s",
+            run.count,
+            run.since.elapsed().as_secs()
+        ),
     );
 }
 

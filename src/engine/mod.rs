@@ -36,12 +36,14 @@ use crate::collection::{self, Plan};
 use crate::cycles;
 use crate::descriptor::MetricDescriptor;
 use crate::gmond_config::{CollectedMetric, ModuleBlock};
+use crate::python::loader::report;
 use crate::python::{self, interrupt, loader};
 use crate::self_metrics::{self, SelfMetric, Stats};
 use crate::settings::{self, CallMode, HostSettings};
 use crate::value::{Kept, Value};
 use call::{CallTarget, Failed, Outcome, Targets};
 use failures::{Failure, Subject};
+use log::Level;
 use worker::{BatchEnd, Stuck, Worker};
 
 /// While one module's metrics are called one after another, gmond's signal
@@ -515,9 +517,11 @@ impl Engine {
                 self.not_called(index, &calls, Skip::NoGil, observer);
             }
             BatchEnd::Lost => {
-                log::error!(
-                    "{}: the thread making protected calls ended unexpectedly (an internal error; please report it); the module's calls are made again next round",
-                    self.module_states[module].id
+                report(
+                    Level::Error,
+                    Some(&self.module_states[module].id),
+                    None,
+                    "the thread making protected calls ended unexpectedly (an internal error; please report it); the module's calls are made again next round".to_owned(),
                 );
                 self.not_called_after(index, &calls, made, Skip::AfterLateCall, observer);
             }
@@ -525,12 +529,16 @@ impl Engine {
                 let j = stuck.index;
                 let ran = stuck.run_time();
                 let metric = &self.metrics[j];
-                log::error!(
-                    "{}: metric '{}' did not return within {:.1}s; {}; the call is left to finish in the background and the module's metrics are not called until it does",
-                    self.module_states[module].id,
-                    self.names[j],
-                    timeout.as_secs_f64(),
-                    failures::kept(metric.has_good, matches!(metric.current, Kept::Str(_)))
+                report(
+                    Level::Error,
+                    Some(&self.module_states[module].id),
+                    Some(&self.names[j]),
+                    format!(
+                        "metric '{}' did not return within {:.1}s; {}; the call is left to finish in the background and the module's metrics are not called until it does",
+                        self.names[j],
+                        timeout.as_secs_f64(),
+                        failures::kept(metric.has_good, matches!(metric.current, Kept::Str(_)))
+                    ),
                 );
                 observer.called(j, &Outcome::TimedOut(ran), ran.as_secs_f32());
                 self.apply(index, j, Outcome::TimedOut(ran), mode, timeout);
@@ -610,9 +618,14 @@ impl Engine {
                 self.worker = Some(worker);
                 return Err(None);
             }
-            log::warn!(
-                "Python's GIL is free again after {:.1}s; calls resume",
-                hold.since.elapsed().as_secs_f64()
+            report(
+                Level::Warn,
+                None,
+                None,
+                format!(
+                    "Python's GIL is free again after {:.1}s; calls resume",
+                    hold.since.elapsed().as_secs_f64()
+                ),
             );
             self.gil_hold = None;
         }
@@ -674,9 +687,14 @@ impl Engine {
             .unwrap_or_else(|| {
                 "a thread outside modpython's calls (a module's own thread, or a C extension that does not release it)".to_owned()
             });
-        log::warn!(
-            "Python's GIL has not been free for {:.2}s: it is held by {holder}; until it is released no module's metrics are called, and each keeps its last good value (those modules are not hung)",
-            waited.as_secs_f64()
+        report(
+            Level::Warn,
+            None,
+            None,
+            format!(
+                "Python's GIL has not been free for {:.2}s: it is held by {holder}; until it is released no module's metrics are called, and each keeps its last good value (those modules are not hung)",
+                waited.as_secs_f64()
+            ),
         );
     }
 
@@ -755,10 +773,14 @@ impl Engine {
             .into_iter()
             .chain(interrupt::restore_if_changed());
         for problem in problems {
-            log::warn!(
-                "{}: {problem} (noticed after its call of metric '{}')",
-                self.module_states[previous].id,
-                self.names[metric]
+            report(
+                Level::Warn,
+                Some(&self.module_states[previous].id),
+                None,
+                format!(
+                    "{problem} (noticed after its call of metric '{}')",
+                    self.names[metric]
+                ),
             );
         }
     }
@@ -866,11 +888,15 @@ impl Engine {
                 result = text;
             }
         });
-        log::warn!(
-            "{}: the stuck call of metric '{}' returned after {:.1}s; {result}; the module's metrics are called again",
-            self.module_states[module].id,
-            self.names[stuck.index],
-            stuck.run_time().as_secs_f64()
+        report(
+            Level::Warn,
+            Some(&self.module_states[module].id),
+            Some(&self.names[stuck.index]),
+            format!(
+                "the stuck call of metric '{}' returned after {:.1}s; {result}; the module's metrics are called again",
+                self.names[stuck.index],
+                stuck.run_time().as_secs_f64()
+            ),
         );
         true
     }

@@ -379,7 +379,11 @@ fn worker_main(slot: &Slot, targets: &[CallTarget]) {
 }
 
 /// REQUESTED → RUNNING, unless the caller withdrew the request first.
+/// The first call's start is stamped before: a caller that sees RUNNING
+/// must never read the stamp of an earlier batch.
 fn take_request(slot: &Slot) -> bool {
+    slot.call_started
+        .store(cycles::coarse_ns(), Ordering::Release);
     slot.state
         .compare_exchange(REQUESTED, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
         .is_ok()
@@ -396,8 +400,6 @@ fn run_batch(
 ) -> bool {
     let mut stop = false;
     in_module_scopes(py, targets, batch, |target, index| {
-        slot.call_started
-            .store(cycles::coarse_ns(), Ordering::Release);
         let watch = Stopwatch::start(slot.timed);
         // A panic must not end the worker with the batch half made.
         let result = panic::catch_unwind(AssertUnwindSafe(|| {
@@ -405,6 +407,11 @@ fn run_batch(
         }))
         .unwrap_or_else(|_| Err(Box::new(Failed::internal())));
         made.push((index, result, watch.seconds()));
+        // The next call starts now: stamped before the progress that
+        // makes it current, so the caller never pairs the next call with
+        // this one's start (and takes it for late).
+        slot.call_started
+            .store(cycles::coarse_ns(), Ordering::Release);
         slot.progress.fetch_add(1, Ordering::Release);
         stop = slot.stop.load(Ordering::SeqCst);
         if stop {
