@@ -934,16 +934,35 @@ fn forked_child_does_not_outlive_gmond() {
         g.dir().join("child-b_fork.pid"),
         g.dir().join("child-b_forkin.pid"),
     ];
+    // Each child creates its file, then writes its pid into it: poll until
+    // both hold a pid, and name any file that does not.
+    let read_pid = |p: &Path| -> Result<i32, String> {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        text.trim()
+            .parse()
+            .map_err(|e| format!("{}: {text:?} is not a pid ({e})", p.display()))
+    };
     let deadline = Instant::now() + FIRST_VALUES;
-    while !pid_files.iter().all(|p| p.exists()) {
-        gmond_assert!(g, Instant::now() < deadline, "the modules never forked");
+    let children: Vec<i32> = loop {
+        let read: Vec<Result<i32, String>> = pid_files.iter().map(|p| read_pid(p)).collect();
+        if read.iter().all(Result::is_ok) {
+            break read.into_iter().flatten().collect();
+        }
+        if Instant::now() >= deadline {
+            let missing: Vec<String> = read.into_iter().filter_map(Result::err).collect();
+            g.fail(&format!(
+                "both modules should have forked a child that wrote its pid within {FIRST_VALUES:?}; not read: {}",
+                missing.join("; ")
+            ));
+        }
         thread::sleep(Duration::from_millis(100));
-    }
-    thread::sleep(Duration::from_millis(300));
-    let children: Vec<i32> = pid_files
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok())
-        .collect();
+    };
+    let gmond_pid = i32::try_from(g.pid()).expect("pid fits i32");
+    gmond_assert!(
+        g,
+        children[0] != children[1] && !children.contains(&gmond_pid),
+        "the pid files should name two children of gmond (pid {gmond_pid}), not {children:?}"
+    );
     let conf = g.config_path().to_path_buf();
     stop(&g, secs(15));
     let deadline = Instant::now() + secs(5);
