@@ -23,8 +23,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// The gmond binary the harness runs; `GMOND` overrides it.
 pub const DEFAULT_GMOND: &str = "/usr/sbin/gmond";
 
-/// A systemd-like PATH. Embedded CPython derives `sys.prefix` from the first
-/// `python3` on PATH, so a developer's pyenv must not leak into gmond.
+/// A systemd-like PATH, so nothing a module runs (a `python3` subprocess, a
+/// tool) comes from the developer's shell or pyenv. It does not choose the
+/// embedded interpreter: the host sets `sys.prefix` to the Python it was
+/// built against (`PyConfig.home`, recorded by build.rs).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// How often the `wait_*` helpers re-check their condition.
