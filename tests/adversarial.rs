@@ -786,44 +786,66 @@ fn exception_finaliser_runs_in_a_neighbours_call() {
     stop(&g, secs(15));
 }
 
-const ALARM_PY: &str = r#"
+/// Call 2 starts a one-shot real-time timer (the Python statement `arm`) and
+/// installs no handler.
+/// Once the timer has gone off (ITIMER_REAL, which `alarm()` uses too,
+/// reads zero again), every call counts itself: the value is the number of
+/// calls made after SIGALRM was raised, 0 before.
+fn timer_module(metric: &str, arm: &str) -> String {
+    format!(
+        r#"
 import signal
 _n = [0]
+_after = [0]
 
-def arm(name):
+def count_after_timer(name):
     _n[0] += 1
     if _n[0] == 2:
-        signal.alarm(1)
-    return 1
+        {arm}
+    elif _n[0] > 2 and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0):
+        _after[0] += 1
+    return _after[0]
 
 def metric_init(params):
-    return [desc("b_alarm", arm)]
-"#;
-
-const ITIMER_PY: &str = r#"
-import signal
-_n = [0]
-
-def arm(name):
-    _n[0] += 1
-    if _n[0] == 2:
-        signal.setitimer(signal.ITIMER_REAL, 0.5)
-    return 1
-
-def metric_init(params):
-    return [desc("b_itimer", arm)]
-"#;
+    return [desc("{metric}", count_after_timer)]
+"#
+    )
+}
 
 /// `signal.alarm()` or `signal.setitimer()` without a handler: SIGALRM's
-/// default action terminates gmond. The host keeps SIGINT/TERM/HUP/PIPE
-/// but leaves SIGALRM (and SIGVTALRM, SIGPROF, SIGUSR1/2) at their deadly
-/// defaults.
+/// default action would terminate gmond (it did, until the host gave
+/// SIGALRM, SIGVTALRM, SIGPROF and SIGUSR1/2 a handler that does nothing;
+/// `signals::defuse_stray_signals`). After the timer fires, gmond keeps
+/// collecting: the module's value counts up to 3 in the XML (three calls
+/// made, and published, after the signal), the neighbour ticks, and since
+/// that handler logs nothing, the log has no line about the module and no
+/// error at all. SIGTERM still exits 0.
 #[test]
 fn timer_signals_do_not_kill_gmond() {
-    for (name, body) in [("adv_x_alarm", ALARM_PY), ("adv_x_itimer", ITIMER_PY)] {
-        let g = start(&[(name, "", body)], &["^b_"], &[]);
+    for (name, metric, arm) in [
+        ("adv_x_alarm", "b_alarm", "signal.alarm(1)"),
+        (
+            "adv_x_itimer",
+            "b_itimer",
+            "signal.setitimer(signal.ITIMER_REAL, 0.5)",
+        ),
+    ] {
+        let body = timer_module(metric, arm);
+        let g = start(&[(name, "", body.as_str())], &["^b_"], &[]);
+        let m = g.wait_metric_where(metric, |m| m.val_f64() >= 3.0, FIRST_VALUES);
+        gmond_assert_eq!(g, m.type_, "uint32", "{metric} TYPE");
         ticking(&g, secs(6), 4);
         gmond_assert!(g, g.is_running(), "gmond died");
+        let log = g.log();
+        let about: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(name) || l.starts_with("[modpython] error"))
+            .collect();
+        gmond_assert!(
+            g,
+            about.is_empty(),
+            "the timer's signal should leave no trace in the log: {about:#?}"
+        );
         stop(&g, secs(15));
     }
 }
@@ -934,16 +956,35 @@ fn forked_child_does_not_outlive_gmond() {
         g.dir().join("child-b_fork.pid"),
         g.dir().join("child-b_forkin.pid"),
     ];
+    // Each child creates its file, then writes its pid into it: poll until
+    // both hold a pid, and name any file that does not.
+    let read_pid = |p: &Path| -> Result<i32, String> {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        text.trim()
+            .parse()
+            .map_err(|e| format!("{}: {text:?} is not a pid ({e})", p.display()))
+    };
     let deadline = Instant::now() + FIRST_VALUES;
-    while !pid_files.iter().all(|p| p.exists()) {
-        gmond_assert!(g, Instant::now() < deadline, "the modules never forked");
+    let children: Vec<i32> = loop {
+        let read: Vec<Result<i32, String>> = pid_files.iter().map(|p| read_pid(p)).collect();
+        if read.iter().all(Result::is_ok) {
+            break read.into_iter().flatten().collect();
+        }
+        if Instant::now() >= deadline {
+            let missing: Vec<String> = read.into_iter().filter_map(Result::err).collect();
+            g.fail(&format!(
+                "both modules should have forked a child that wrote its pid within {FIRST_VALUES:?}; not read: {}",
+                missing.join("; ")
+            ));
+        }
         thread::sleep(Duration::from_millis(100));
-    }
-    thread::sleep(Duration::from_millis(300));
-    let children: Vec<i32> = pid_files
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok())
-        .collect();
+    };
+    let gmond_pid = i32::try_from(g.pid()).expect("pid fits i32");
+    gmond_assert!(
+        g,
+        children[0] != children[1] && !children.contains(&gmond_pid),
+        "the pid files should name two children of gmond (pid {gmond_pid}), not {children:?}"
+    );
     let conf = g.config_path().to_path_buf();
     stop(&g, secs(15));
     let deadline = Instant::now() + secs(5);
@@ -1056,6 +1097,12 @@ fn bare_except_cannot_defeat_init_timeout() {
     stop(&g, secs(15));
 }
 
+/// How long `b_late` must keep its first value once a late call is
+/// reported: the next call starts within a second, runs into its 1 s
+/// deadline (interrupted at most half a deadline late), and its value would
+/// be in the XML within a second after that; 4 s leaves a second to spare.
+const LATE_HOLD: Duration = Duration::from_secs(4);
+
 const LATE_VALUE_PY: &str = r#"
 _n = [0]
 
@@ -1095,8 +1142,13 @@ fn inline_value_after_deadline_is_not_published() {
         detail.contains("ran past its 1.0s deadline"),
         "the late call is not reported as late: {detail}"
     );
-    thread::sleep(secs(3));
-    gmond_assert_eq!(g, g.metric("b_late").map(|m| m.val), Some("5".to_owned()));
+    // The late call that was just reported returned 999 after its deadline;
+    // the next one starts within a round (every second), is interrupted a
+    // second later and returns 999 too. Over LATE_HOLD both had time to
+    // reach the XML (time_threshold = 1), had the host published them.
+    g.hold_for(LATE_HOLD, "b_late stays 5", |x| {
+        x.metric("b_late").is_some_and(|m| m.val == "5")
+    });
     stop(&g, secs(15));
 }
 

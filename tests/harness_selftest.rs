@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Instant;
+
 use common::{GmondBuilder, Xml, secs};
 
 /// `gexec` is the only core_metrics metric gmond prints as a `<METRIC>`
@@ -77,6 +79,43 @@ fn wait_until_sees_heartbeat_advance() {
         secs(30),
     );
     gmond_assert!(g, later > first);
+}
+
+#[test]
+fn hold_for_checks_every_read_and_fails_at_once() {
+    let g = core_gmond().start();
+    g.wait_metric("gexec", secs(30));
+    // Holds: reads until the duration has passed, the last read after it.
+    let started = Instant::now();
+    let mut reads = 0;
+    g.hold_for(secs(1), "gexec is published", |x| {
+        reads += 1;
+        x.metric("gexec").is_some()
+    });
+    gmond_assert!(
+        g,
+        started.elapsed() >= secs(1) && reads >= 3,
+        "{reads} read(s)"
+    );
+    // Stops holding at the third read: fails then, not at the end.
+    let started = Instant::now();
+    let mut reads = 0;
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        g.hold_for(secs(30), "fewer than three reads", |_| {
+            reads += 1;
+            reads < 3
+        })
+    }));
+    let message = failed
+        .err()
+        .and_then(|e| e.downcast::<String>().ok())
+        .unwrap_or_else(|| g.fail("hold_for did not fail"));
+    gmond_assert!(
+        g,
+        message.contains("\"fewer than three reads\" stopped holding"),
+        "{message}"
+    );
+    gmond_assert!(g, started.elapsed() < secs(5), "{:?}", started.elapsed());
 }
 
 #[test]

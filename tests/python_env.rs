@@ -1,6 +1,8 @@
 //! The embedded interpreter's environment inside the real gmond: which
-//! Python it is (whatever `python3` comes first on PATH), sys.path, and
-//! gmond's signal handlers.
+//! Python it is (the one the host was built against: build.rs records its
+//! home, which the host sets as `PyConfig.home`, so `sys.prefix` stays the
+//! same whatever `python3` comes first on PATH), sys.path, and gmond's
+//! signal handlers.
 
 mod common;
 

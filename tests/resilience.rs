@@ -18,13 +18,17 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Gmond, GmondBuilder, TempDir, secs};
+use common::{Gmond, GmondBuilder, TempDir, Xml, secs};
 use pymod::{pyconf, setting};
 
 /// How long to wait for the first values of a freshly started gmond.
 const FIRST_VALUES: Duration = Duration::from_secs(20);
 /// gmond must answer on its XML port this fast, hung handler or not.
 const XML_PROMPT: Duration = Duration::from_secs(1);
+/// How long a refused module's metric must stay out of the XML once its
+/// neighbour's metric is in: three collection rounds (`collect_every = 1`,
+/// `time_threshold = 1`, so a collected value is in the XML within a second).
+const REFUSED_STAYS_OUT: Duration = Duration::from_secs(3);
 
 /// The healthy neighbour: `res_tick` counts its own calls.
 const TICK_PY: &str = r#"
@@ -99,10 +103,34 @@ fn prompt_xml(g: &Gmond) -> common::Xml {
 /// read must be prompt. Returns how far it advanced.
 #[track_caller]
 fn ticks_over(g: &Gmond, window: Duration, min: u64) -> u64 {
+    ticks_over_holding(g, window, min, "", |_| true)
+}
+
+/// [`ticks_over`], and `holds` must be true of every XML read in the window
+/// (one every 200 ms, the last after the window), or the test fails at once
+/// naming `what`.
+#[track_caller]
+fn ticks_over_holding(
+    g: &Gmond,
+    window: Duration,
+    min: u64,
+    what: &str,
+    mut holds: impl FnMut(&Xml) -> bool,
+) -> u64 {
     let first = count(g, "res_tick");
     let started = Instant::now();
-    while started.elapsed() < window {
-        prompt_xml(g);
+    loop {
+        let x = prompt_xml(g);
+        gmond_assert!(
+            g,
+            holds(&x),
+            "{what:?} stopped holding {:?} into the {window:?} it must hold; XML:\n{}",
+            started.elapsed(),
+            x.text
+        );
+        if started.elapsed() >= window {
+            break;
+        }
         thread::sleep(Duration::from_millis(200));
     }
     let advanced = count(g, "res_tick") - first;
@@ -298,25 +326,34 @@ fn protected_hangs_do_not_stall_gmond() {
         );
     }
 
-    // Now all four are stuck for good: the healthy metric advances on
-    // schedule, XML answers promptly, hung metrics keep their last good
-    // value and are still sent (small TN), each timeout is logged once, and
-    // a stuck module is not called again (no second timeout).
-    ticks_over(&g, secs(5), 4);
-    let x = prompt_xml(&g);
-    for (_, metric, good, _) in &hung {
-        let m = x
-            .metric(metric)
-            .unwrap_or_else(|| g.fail(&format!("{metric} vanished")));
-        gmond_assert_eq!(g, m.val, *good, "{metric} lost its last good value");
-        gmond_assert!(g, m.tn <= 5, "{metric} is no longer sent (TN {})", m.tn);
-        gmond_assert_eq!(
-            g,
-            g.log_count(&format!("metric '{metric}' did not return within")),
-            1,
-            "{metric}'s timeout logged more than once"
-        );
-    }
+    // Now all four are stuck for good. For 5 s (five collection rounds;
+    // a stuck module called again would time out within its 1 s or 3 s
+    // deadline, so a second timeout would be logged inside the window) the
+    // healthy metric advances on schedule, XML answers promptly, and at
+    // every look the hung metrics keep their last good value and are still
+    // sent (small TN), and each timeout is logged once.
+    ticks_over_holding(
+        &g,
+        secs(5),
+        4,
+        "hung metrics keep their values; one timeout each",
+        |x| {
+            for (_, metric, good, _) in &hung {
+                let m = x
+                    .metric(metric)
+                    .unwrap_or_else(|| g.fail(&format!("{metric} vanished")));
+                gmond_assert_eq!(g, m.val, *good, "{metric} lost its last good value");
+                gmond_assert!(g, m.tn <= 5, "{metric} is no longer sent (TN {})", m.tn);
+                gmond_assert_eq!(
+                    g,
+                    g.log_count(&format!("metric '{metric}' did not return within")),
+                    1,
+                    "{metric}'s timeout logged more than once"
+                );
+            }
+            true
+        },
+    );
 
     // (6) self metrics: group modpython, sane values.
     let calls = val(&g, "modpython_calls");
@@ -671,31 +708,42 @@ fn inline_mode_interrupts_late_calls() {
             secs(15),
         );
     }
-    ticks_over(&g, secs(4), 3);
-    let x = prompt_xml(&g);
-    for (metric, kept) in [
-        ("res_inl_sleep", "5"),
-        ("res_inl_swallow", "6"),
-        ("res_inl_loop", "7"),
-        ("res_inl_ok", "1"),
-    ] {
-        gmond_assert_eq!(
-            g,
-            x.metric(metric).map(|m| m.val.clone()),
-            Some(kept.to_string()),
-            "{metric}"
-        );
-    }
-    let log = g.log();
-    gmond_assert!(
-        g,
-        !log.contains("did not return within") && !log.contains("cannot be interrupted"),
-        "inline calls were not interrupted"
-    );
-    gmond_assert!(
-        g,
-        !log.contains("res_inl_ok"),
-        "the healthy inline metric is reported"
+    // For 4 s (four collection rounds, right after each late handler's
+    // third failure) res_tick advances, and every look finds the kept
+    // values and a log with no call that could not be interrupted and no
+    // word about the healthy metric.
+    ticks_over_holding(
+        &g,
+        secs(4),
+        3,
+        "late inline metrics keep their values; no uninterrupted call",
+        |x| {
+            for (metric, kept) in [
+                ("res_inl_sleep", "5"),
+                ("res_inl_swallow", "6"),
+                ("res_inl_loop", "7"),
+                ("res_inl_ok", "1"),
+            ] {
+                gmond_assert_eq!(
+                    g,
+                    x.metric(metric).map(|m| m.val.clone()),
+                    Some(kept.to_string()),
+                    "{metric}"
+                );
+            }
+            let log = g.log();
+            gmond_assert!(
+                g,
+                !log.contains("did not return within") && !log.contains("cannot be interrupted"),
+                "inline calls were not interrupted"
+            );
+            gmond_assert!(
+                g,
+                !log.contains("res_inl_ok"),
+                "the healthy inline metric is reported"
+            );
+            true
+        },
     );
     gmond_assert_eq!(g, g.pid(), pid);
     stop(&g, secs(10));
@@ -1056,11 +1104,12 @@ fn module_owned_by_another_user_is_refused() {
             && line.contains(&format!("(chown root {})", theirs.display())),
         "{line}"
     );
-    thread::sleep(secs(2));
-    gmond_assert!(
-        g,
-        g.metric("res_theirs_val").is_none(),
-        "res_theirs was loaded"
+    // Refused at load: had it been loaded anyway, its metric would be
+    // collected every second like res_mine_val, which is already there.
+    g.hold_for(
+        REFUSED_STAYS_OUT,
+        "res_theirs_val stays out of the XML",
+        |x| x.metric("res_theirs_val").is_none(),
     );
     gmond_assert!(
         g,
@@ -1392,23 +1441,31 @@ fn bad_results_descriptors_and_exits() {
         );
     }
 
-    // A while later: all still there, nothing refused showed up, gmond alive.
-    ticks_over(&g, secs(3), 2);
-    let x = prompt_xml(&g);
-    for (name, v) in expected {
-        gmond_assert_eq!(
-            g,
-            x.metric(name).map(|m| m.val.clone()),
-            Some(v.to_string()),
-            "{name}"
-        );
-    }
-    gmond_assert!(
-        g,
-        x.metric_names()
-            .iter()
-            .all(|n| !n.starts_with("res_d_n") && *n != "res_d_misspelt"),
-        "a refused descriptor is in the XML"
+    // For 3 s more (three collection rounds), at every look: all still
+    // there with the same values, nothing refused showed up, gmond alive.
+    ticks_over_holding(
+        &g,
+        secs(3),
+        2,
+        "values kept; refused descriptors absent",
+        |x| {
+            for (name, v) in expected {
+                gmond_assert_eq!(
+                    g,
+                    x.metric(name).map(|m| m.val.clone()),
+                    Some(v.to_string()),
+                    "{name}"
+                );
+            }
+            gmond_assert!(
+                g,
+                x.metric_names()
+                    .iter()
+                    .all(|n| !n.starts_with("res_d_n") && *n != "res_d_misspelt"),
+                "a refused descriptor is in the XML"
+            );
+            true
+        },
     );
     gmond_assert_eq!(g, g.pid(), pid);
 

@@ -23,12 +23,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// The gmond binary the harness runs; `GMOND` overrides it.
 pub const DEFAULT_GMOND: &str = "/usr/sbin/gmond";
 
-/// A systemd-like PATH. Embedded CPython derives `sys.prefix` from the first
-/// `python3` on PATH, so a developer's pyenv must not leak into gmond.
+/// A systemd-like PATH, so nothing a module runs (a `python3` subprocess, a
+/// tool) comes from the developer's shell or pyenv. It does not choose the
+/// embedded interpreter: the host sets `sys.prefix` to the Python it was
+/// built against (`PyConfig.home`, recorded by build.rs).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// How often the `wait_*` helpers re-check their condition.
 const POLL: Duration = Duration::from_millis(50);
+
+/// How often [`Gmond::hold_for`] reads the XML: several reads per collection
+/// round of the suites' `collect_every = 1` groups.
+pub const HOLD_POLL: Duration = Duration::from_millis(200);
 
 /// How long `start()` waits for gmond's TCP port before handing gmond over anyway.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -837,6 +843,51 @@ impl Gmond {
                 ));
             }
             thread::sleep(POLL);
+        }
+    }
+
+    /// Checks that `holds` stays true for `duration`, for "must not appear"
+    /// and "must not change" assertions (instead of a sleep and one look):
+    /// reads the XML at once and every [`HOLD_POLL`] until `duration` has
+    /// passed, the last read after it, and fails at the first read where
+    /// `holds` is false, naming `what` and showing that XML. gmond exiting, or
+    /// XML that cannot be read, fails too: neither shows the condition held.
+    /// The caller says why `duration` is long enough (a named constant or a
+    /// comment). Returns the last XML read.
+    #[track_caller]
+    pub fn hold_for(
+        &self,
+        duration: Duration,
+        what: &str,
+        mut holds: impl FnMut(&Xml) -> bool,
+    ) -> Xml {
+        let started = Instant::now();
+        loop {
+            if let Some(s) = self.try_status() {
+                self.drain_output(Duration::from_secs(2));
+                self.fail(&format!(
+                    "gmond exited ({s}) {:?} into the {duration:?} that {what:?} must hold",
+                    started.elapsed()
+                ));
+            }
+            let x = self.try_xml().unwrap_or_else(|e| {
+                self.fail(&format!(
+                    "cannot check {what:?} {:?} into the {duration:?} it must hold: {e}",
+                    started.elapsed()
+                ))
+            });
+            if !holds(&x) {
+                self.fail(&format!(
+                    "{what:?} stopped holding {:?} into the {duration:?} it must hold; XML:\n{}",
+                    started.elapsed(),
+                    x.text
+                ));
+            }
+            let elapsed = started.elapsed();
+            if elapsed >= duration {
+                return x;
+            }
+            thread::sleep(HOLD_POLL.min(duration - elapsed));
         }
     }
 
