@@ -3,6 +3,8 @@
 //! its exit codes (0 clean, 1 errors, 2 warnings only, 64 usage).
 
 mod common;
+#[path = "common/pyvenv.rs"]
+mod pyvenv;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -751,4 +753,74 @@ fn a_late_call_stops_the_rest_of_its_batch() {
     // Called after the late one in the same batch: not called this round.
     assert_eq!(run.values("batch_three"), vec!["skipped"], "{run}");
     assert_eq!(run.code, Some(1), "{run}");
+}
+
+/// A module that needs the virtualenv's package (see tests/venv.rs).
+const VENV_MODULE: &str = r#"
+import venvpkg
+
+def value(name):
+    return venvpkg.ANSWER
+
+def metric_init(params):
+    return [{"name": "venvuser_answer", "call_back": value, "value_type": "uint",
+             "format": "%u", "slope": "both", "time_max": 60, "units": "",
+             "description": "from a package in a virtualenv"}]
+"#;
+
+const VENV_MODULE_BLOCK: &str = "module { name = \"venvuser\" language = \"python\" }";
+
+const VENV_GROUP: &str = "collection_group { collect_every = 10 time_threshold = 60 \
+                          metric { name = \"venvuser_answer\" } }\n";
+
+#[test]
+fn pyconf_mode_takes_a_virtualenv_from_the_command_line_or_the_pyconf() {
+    let venv_dir = TempDir::new();
+    let venv = pyvenv::make_venv(venv_dir.path());
+    let venv = venv.to_str().unwrap();
+    let (tmp, pyconf, dir) = modules(
+        &[("venvuser", VENV_MODULE)],
+        &format!("modules {{ {VENV_MODULE_BLOCK} }}\n{VENV_GROUP}"),
+    );
+
+    // Without the virtualenv the import fails.
+    let run = check_pyconf(&pyconf, &dir, &[]);
+    assert_eq!(run.code, Some(1), "{run}");
+    run.assert_has("ModuleNotFoundError");
+
+    // --virtualenv.
+    let run = check_pyconf(&pyconf, &dir, &["--virtualenv", venv]);
+    assert_eq!(run.code, Some(0), "{run}");
+    assert_eq!(run.values("venvuser_answer"), vec!["42"], "{run}");
+
+    // The .pyconf carries the python_module block, as a site's single
+    // configuration file may: its param virtualenv is honoured.
+    let whole = tmp.path().join("whole.pyconf");
+    std::fs::write(
+        &whole,
+        format!(
+            "modules {{\n  module {{\n    name = \"python_module\"\n    path = \"{}\"\n    \
+             params = \"{dir}\"\n    param virtualenv {{ value = \"{venv}\" }}\n  }}\n  \
+             {VENV_MODULE_BLOCK}\n}}\n{VENV_GROUP}",
+            common::modpython_so().display()
+        ),
+    )
+    .unwrap();
+    let run = check_pyconf(whole.to_str().unwrap(), &dir, &[]);
+    assert_eq!(run.code, Some(0), "{run}");
+    assert_eq!(run.values("venvuser_answer"), vec!["42"], "{run}");
+}
+
+#[test]
+fn a_pyconf_without_a_python_module_is_an_error() {
+    for text in [
+        "",
+        "/* only a group */\ncollection_group { collect_every = 10 time_threshold = 60 \
+         metric { name = \"nothing_here\" } }\n",
+    ] {
+        let (_tmp, pyconf, dir) = modules(&[], text);
+        let run = check_pyconf(&pyconf, &dir, &[]);
+        assert_eq!(run.code, Some(1), "pyconf {text:?}\n{run}");
+        run.assert_has("no Python module to check");
+    }
 }
