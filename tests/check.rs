@@ -3,13 +3,15 @@
 //! its exit codes (0 clean, 1 errors, 2 warnings only, 64 usage).
 
 mod common;
+#[path = "common/pymod.rs"]
+mod pymod;
 #[path = "common/pyvenv.rs"]
 mod pyvenv;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{TempDir, repo_path};
+use common::{GmondBuilder, TempDir, repo_path, secs};
 
 const CHECK: &str = env!("CARGO_BIN_EXE_modpython-check");
 
@@ -823,4 +825,48 @@ fn a_pyconf_without_a_python_module_is_an_error() {
         assert_eq!(run.code, Some(1), "pyconf {text:?}\n{run}");
         run.assert_has("no Python module to check");
     }
+}
+
+#[test]
+fn a_failing_metric_is_reported_in_gmonds_words() {
+    let body = "def boom(name):\n    raise ValueError(\"boom\")\n\n\
+                def metric_init(params):\n    return [desc(\"boom_val\", boom)]\n";
+    let g = GmondBuilder::new()
+        .module_file("boomer.py", &pymod::module("check", body))
+        .pyconf_text("boomer", &pymod::pyconf(&[("boomer", "")], &["^boom_"]))
+        .start();
+    let words = format!(
+        "{}: metric 'boom_val' failed (gmond publishes 0 until a call succeeds; \
+         repeats are logged every 10 minutes)",
+        g.module_ref("boomer")
+    );
+    let in_gmond = g.wait_log(&words, secs(20));
+    // The same configuration through the checker: same module, same file.
+    let run = check(&["--conf", g.config_path().to_str().unwrap()]);
+    gmond_assert!(
+        g,
+        in_gmond && run.has(&words),
+        "expected {words:?}\nin gmond's log: {in_gmond}\nin the checker's output: {}\n{run}",
+        run.has(&words)
+    );
+}
+
+#[test]
+fn module_info_lines_follow_the_debug_level() {
+    let body = format!(
+        "import logging\n{DESCRIPTOR}\ndef value(name):\n    logging.info('hello-info')\n    return 1\n\
+         def metric_init(params):\n    return [d('chatter_val', value)]\n"
+    );
+    let (_tmp, pyconf, dir) = modules(
+        &[("chatter", &body)],
+        "modules { module { name = \"chatter\" language = \"python\" } }\n\
+         collection_group { collect_every = 10 time_threshold = 60 metric { name = \"chatter_val\" } }\n",
+    );
+    // As under gmond at debug level 0 (the default): no info lines.
+    let run = check_pyconf(&pyconf, &dir, &[]);
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(!run.has("hello-info"), "{run}");
+    let run = check_pyconf(&pyconf, &dir, &["--debug", "2"]);
+    assert_eq!(run.code, Some(0), "{run}");
+    run.assert_has("hello-info");
 }
