@@ -3,11 +3,15 @@
 //! its exit codes (0 clean, 1 errors, 2 warnings only, 64 usage).
 
 mod common;
+#[path = "common/pymod.rs"]
+mod pymod;
+#[path = "common/pyvenv.rs"]
+mod pyvenv;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{TempDir, repo_path};
+use common::{GmondBuilder, TempDir, repo_path, secs};
 
 const CHECK: &str = env!("CARGO_BIN_EXE_modpython-check");
 
@@ -32,6 +36,30 @@ impl Run {
             .lines()
             .find(|l| l.split_whitespace().nth(1) == Some(metric))
             .unwrap_or_else(|| panic!("no table row for {metric} in:\n{self}"))
+    }
+
+    /// Each call's cell of a metric's VALUE(S) column: a value, FAILED,
+    /// TIMEOUT or skipped.
+    fn values(&self, metric: &str) -> Vec<String> {
+        let header = self
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("MODULE "))
+            .unwrap_or_else(|| panic!("no table in:\n{self}"));
+        // The header is ASCII; cells are padded to widths in characters.
+        let column = |name: &str| {
+            header
+                .find(name)
+                .unwrap_or_else(|| panic!("no {name} column in:\n{self}"))
+        };
+        let (from, to) = (column("VALUE(S)"), column("TIME/CALL"));
+        let cell: String = self
+            .row(metric)
+            .chars()
+            .skip(from)
+            .take(to - from)
+            .collect();
+        cell.trim().split(" | ").map(str::to_owned).collect()
     }
 
     /// The first problem line about a module.
@@ -658,4 +686,199 @@ fn collection_groups_select_metrics_as_gmond_does() {
     assert!(!run.has("lists metric 'cg_rx_name'"), "{run}");
     run.assert_has("name_match \"([\" is not a valid regular expression");
     run.assert_has("WARNINGS: 4 warning(s)");
+}
+
+/// `--pyconf` and `--dir` for `modules(...)`, then `more`.
+fn check_pyconf(pyconf: &str, dir: &str, more: &[&str]) -> Run {
+    let mut args = vec!["--pyconf", pyconf, "--dir", dir];
+    args.extend_from_slice(more);
+    check(&args)
+}
+
+#[test]
+fn a_module_that_sets_an_alarm_does_not_kill_the_checker() {
+    // SIGALRM's default action ends the process (exit 142 in a shell).
+    // gmond's modpython.so leaves gmond's signals alone; the checker must
+    // not die of a module's alarm either.
+    let body = format!(
+        "import signal, time\n{DESCRIPTOR}\ndef value(name):\n    time.sleep(0.3)\n    return 5\n\
+         def metric_init(params):\n    signal.alarm(1)\n    return [d('alarmed_val', value)]\n"
+    );
+    let (_tmp, pyconf, dir) = modules(
+        &[("alarmed", &body)],
+        "modules { module { name = \"alarmed\" language = \"python\" } }\n\
+         collection_group { collect_every = 10 time_threshold = 60 metric { name = \"alarmed_val\" } }\n",
+    );
+    // Five calls of 0.3 s, 0.5 s apart: the alarm goes off during them.
+    let run = check_pyconf(&pyconf, &dir, &["--count", "5", "--interval", "0.5"]);
+    assert!(
+        matches!(run.code, Some(0 | 2)),
+        "the checker did not exit normally\n{run}"
+    );
+    assert_eq!(run.values("alarmed_val"), vec!["5"; 5], "{run}");
+}
+
+#[test]
+fn a_failing_metric_is_backed_off_as_under_gmond() {
+    let body = format!(
+        "{DESCRIPTOR}\ndef fail(name):\n    raise RuntimeError('always')\n\
+         def metric_init(params):\n    return [d('failer_val', fail)]\n"
+    );
+    let (_tmp, pyconf, dir) = modules(
+        &[("failer", &body)],
+        "modules { module { name = \"failer\" language = \"python\" } }\n\
+         collection_group { collect_every = 10 time_threshold = 60 metric { name = \"failer_val\" } }\n",
+    );
+    let run = check_pyconf(&pyconf, &dir, &["--count", "6", "--interval", "0"]);
+    assert_eq!(run.code, Some(1), "{run}");
+    // Three failures in a row, then at most one call every 10 s: with no
+    // pause between rounds, the other three are not made.
+    assert_eq!(
+        run.values("failer_val"),
+        vec![
+            "FAILED", "FAILED", "FAILED", "skipped", "skipped", "skipped"
+        ],
+        "{run}"
+    );
+    // gmond's back-off line.
+    run.assert_has("metric 'failer_val': 3 failures in a row; it is now called at most every 10s");
+}
+
+#[test]
+fn a_late_call_stops_the_rest_of_its_batch() {
+    let body = format!(
+        "import time\n{DESCRIPTOR}\ndef slow(name):\n    time.sleep(2)\n    return 22\n\
+         def metric_init(params):\n    return [d('batch_one', lambda n: 11), d('batch_two', slow), \
+         d('batch_three', lambda n: 33)]\n"
+    );
+    let (_tmp, pyconf, dir) = modules(
+        &[("batch", &body)],
+        "modules { module { name = \"batch\" language = \"python\" } }\n\
+         collection_group { collect_every = 10 time_threshold = 60\n\
+           metric { name = \"batch_one\" }\n\
+           metric { name = \"batch_two\" }\n\
+           metric { name = \"batch_three\" }\n\
+         }\n",
+    );
+    // Protected mode (the default), a 1 s deadline from the command line.
+    let run = check_pyconf(&pyconf, &dir, &["--set", "call_timeout=1"]);
+    assert_eq!(run.values("batch_one"), vec!["11"], "{run}");
+    assert_eq!(run.values("batch_two"), vec!["TIMEOUT"], "{run}");
+    // Called after the late one in the same batch: not called this round.
+    assert_eq!(run.values("batch_three"), vec!["skipped"], "{run}");
+    assert_eq!(run.code, Some(1), "{run}");
+}
+
+/// A module that needs the virtualenv's package (see tests/venv.rs).
+const VENV_MODULE: &str = r#"
+import venvpkg
+
+def value(name):
+    return venvpkg.ANSWER
+
+def metric_init(params):
+    return [{"name": "venvuser_answer", "call_back": value, "value_type": "uint",
+             "format": "%u", "slope": "both", "time_max": 60, "units": "",
+             "description": "from a package in a virtualenv"}]
+"#;
+
+const VENV_MODULE_BLOCK: &str = "module { name = \"venvuser\" language = \"python\" }";
+
+const VENV_GROUP: &str = "collection_group { collect_every = 10 time_threshold = 60 \
+                          metric { name = \"venvuser_answer\" } }\n";
+
+#[test]
+fn pyconf_mode_takes_a_virtualenv_from_the_command_line_or_the_pyconf() {
+    let venv_dir = TempDir::new();
+    let venv = pyvenv::make_venv(venv_dir.path());
+    let venv = venv.to_str().unwrap();
+    let (tmp, pyconf, dir) = modules(
+        &[("venvuser", VENV_MODULE)],
+        &format!("modules {{ {VENV_MODULE_BLOCK} }}\n{VENV_GROUP}"),
+    );
+
+    // Without the virtualenv the import fails.
+    let run = check_pyconf(&pyconf, &dir, &[]);
+    assert_eq!(run.code, Some(1), "{run}");
+    run.assert_has("ModuleNotFoundError");
+
+    // --virtualenv.
+    let run = check_pyconf(&pyconf, &dir, &["--virtualenv", venv]);
+    assert_eq!(run.code, Some(0), "{run}");
+    assert_eq!(run.values("venvuser_answer"), vec!["42"], "{run}");
+
+    // The .pyconf carries the python_module block, as a site's single
+    // configuration file may: its param virtualenv is honoured.
+    let whole = tmp.path().join("whole.pyconf");
+    std::fs::write(
+        &whole,
+        format!(
+            "modules {{\n  module {{\n    name = \"python_module\"\n    path = \"{}\"\n    \
+             params = \"{dir}\"\n    param virtualenv {{ value = \"{venv}\" }}\n  }}\n  \
+             {VENV_MODULE_BLOCK}\n}}\n{VENV_GROUP}",
+            common::modpython_so().display()
+        ),
+    )
+    .unwrap();
+    let run = check_pyconf(whole.to_str().unwrap(), &dir, &[]);
+    assert_eq!(run.code, Some(0), "{run}");
+    assert_eq!(run.values("venvuser_answer"), vec!["42"], "{run}");
+}
+
+#[test]
+fn a_pyconf_without_a_python_module_is_an_error() {
+    for text in [
+        "",
+        "/* only a group */\ncollection_group { collect_every = 10 time_threshold = 60 \
+         metric { name = \"nothing_here\" } }\n",
+    ] {
+        let (_tmp, pyconf, dir) = modules(&[], text);
+        let run = check_pyconf(&pyconf, &dir, &[]);
+        assert_eq!(run.code, Some(1), "pyconf {text:?}\n{run}");
+        run.assert_has("no Python module to check");
+    }
+}
+
+#[test]
+fn a_failing_metric_is_reported_in_gmonds_words() {
+    let body = "def boom(name):\n    raise ValueError(\"boom\")\n\n\
+                def metric_init(params):\n    return [desc(\"boom_val\", boom)]\n";
+    let g = GmondBuilder::new()
+        .module_file("boomer.py", &pymod::module("check", body))
+        .pyconf_text("boomer", &pymod::pyconf(&[("boomer", "")], &["^boom_"]))
+        .start();
+    let words = format!(
+        "{}: metric 'boom_val' failed (gmond publishes 0 until a call succeeds; \
+         repeats are logged every 10 minutes)",
+        g.module_ref("boomer")
+    );
+    let in_gmond = g.wait_log(&words, secs(20));
+    // The same configuration through the checker: same module, same file.
+    let run = check(&["--conf", g.config_path().to_str().unwrap()]);
+    gmond_assert!(
+        g,
+        in_gmond && run.has(&words),
+        "expected {words:?}\nin gmond's log: {in_gmond}\nin the checker's output: {}\n{run}",
+        run.has(&words)
+    );
+}
+
+#[test]
+fn module_info_lines_follow_the_debug_level() {
+    let body = format!(
+        "import logging\n{DESCRIPTOR}\ndef value(name):\n    logging.info('hello-info')\n    return 1\n\
+         def metric_init(params):\n    return [d('chatter_val', value)]\n"
+    );
+    let (_tmp, pyconf, dir) = modules(
+        &[("chatter", &body)],
+        "modules { module { name = \"chatter\" language = \"python\" } }\n\
+         collection_group { collect_every = 10 time_threshold = 60 metric { name = \"chatter_val\" } }\n",
+    );
+    // As under gmond at debug level 0 (the default): no info lines.
+    let run = check_pyconf(&pyconf, &dir, &[]);
+    assert_eq!(run.code, Some(0), "{run}");
+    assert!(!run.has("hello-info"), "{run}");
+    let run = check_pyconf(&pyconf, &dir, &["--debug", "2"]);
+    assert_eq!(run.code, Some(0), "{run}");
+    run.assert_has("hello-info");
 }

@@ -3,11 +3,13 @@
 //! straight into its site-packages), in the real gmond and in modpython-check.
 
 mod common;
+#[path = "common/pyvenv.rs"]
+mod pyvenv;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{GmondBuilder, TempDir, secs};
+use pyvenv::make_venv;
 
 const MODULE: &str = r#"
 import venvpkg
@@ -23,27 +25,6 @@ def metric_init(params):
 
 const PYCONF: &str = "modules { module { name = \"venvuser\" language = \"python\" } }\n\
     collection_group { collect_every = 1 time_threshold = 1 metric { name = \"venvuser_answer\" } }\n";
-
-/// `python3 -m venv --without-pip` (no ensurepip, no network), then a tiny
-/// package written into its site-packages.
-fn make_venv(dir: &Path) -> PathBuf {
-    let venv = dir.join("venv");
-    let status = Command::new("/usr/bin/python3")
-        .args(["-m", "venv", "--without-pip"])
-        .arg(&venv)
-        .status()
-        .expect("run python3 -m venv");
-    assert!(status.success(), "python3 -m venv failed");
-    let version = modpython::python::PYTHON_VERSION;
-    let pkg = venv
-        .join("lib")
-        .join(format!("python{version}"))
-        .join("site-packages")
-        .join("venvpkg");
-    std::fs::create_dir_all(&pkg).unwrap();
-    std::fs::write(pkg.join("__init__.py"), "ANSWER = 42\n").unwrap();
-    venv
-}
 
 #[test]
 fn a_module_imports_a_package_from_the_virtualenv() {

@@ -1,6 +1,9 @@
 //! Python modules and pyconfs written inline by the resilience and
 //! adversarial suites: a `desc()` helper for descriptors, a pyconf with one
 //! collection group, and per-module `modpython.*` settings.
+//!
+//! Each test binary compiles this module separately and uses only part of it.
+#![allow(dead_code)]
 
 /// `body` with a `desc(name, cb, vt="uint", **kw)` helper above it that
 /// builds a complete descriptor in group `group`.
