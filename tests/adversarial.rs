@@ -285,7 +285,7 @@ fn odd_callables_and_hostile_results() {
         let report = failure(&g, "adv_x_vals", name);
         gmond_assert!(
             g,
-            report.contains("it has no good value yet") && report.contains(reason),
+            report.contains("until a call succeeds") && report.contains(reason),
             "{name}: expected {reason:?} in\n{report}"
         );
         gmond_assert_eq!(g, g.wait_metric(name, FIRST_VALUES).val, v, "VAL of {name}");

@@ -177,6 +177,74 @@ fn sighup_cleans_up_reexecs_and_inits_again() {
     assert_no_errors(&g);
 }
 
+/// A call holding the GIL (a C call through `ctypes.PyDLL`, which keeps it)
+/// when SIGHUP comes: gmond must still clean up within the cleanup deadline
+/// and re-execute itself, though no module's `metric_cleanup` can run
+/// while the GIL is held; the re-executed gmond serves the metrics again.
+#[test]
+fn sighup_while_a_call_holds_the_gil_reexecs_within_the_cleanup_deadline() {
+    let lc = Lifecycle::new();
+    let once = lc.marker.with_extension("held");
+    let hog = format!(
+        r#"
+import ctypes, os
+ONCE = {once:?}
+def value(name):
+    if not os.path.exists(ONCE):
+        open(ONCE, "w").close()
+        ctypes.PyDLL("libc.so.6").sleep(60)
+    return 7
+def metric_init(params):
+    return [{{"name": "gilhold_val", "call_back": value, "value_type": "uint",
+             "format": "%u", "slope": "both", "time_max": 60, "units": "",
+             "description": "holds the GIL on its first call"}}]
+"#,
+        once = once.display().to_string()
+    );
+    let g = lc
+        .builder()
+        .module_file("gilhold.py", &hog)
+        .host_param("call_timeout", "1")
+        .pyconf_text(
+            "gilhold",
+            "modules { module { name = \"gilhold\" language = \"python\" } }\n\
+             collection_group { collect_every = 1 time_threshold = 1\n\
+               metric { name = \"gilhold_val\" } }\n",
+        )
+        .start();
+    lc.wait_lines(&g, &["init"], FIRST_VALUES);
+    g.wait_line(
+        &["metric 'gilhold_val' did not return within 1.0s"],
+        secs(20),
+    );
+    let sent = Instant::now();
+    g.signal(libc::SIGHUP);
+    // The cleanup thread cannot get the GIL: gmond gives up on it after the
+    // cleanup deadline (10 s) and re-executes; the new image inits again.
+    let bound = secs(10) + secs(15);
+    lc.wait_lines(&g, &["init", "init"], bound);
+    gmond_assert!(
+        g,
+        sent.elapsed() < bound,
+        "re-exec took {:?}",
+        sent.elapsed()
+    );
+    gmond_assert!(g, g.is_running(), "gmond exited on SIGHUP");
+    g.wait_line(
+        &["did not return within 10s; gmond goes on without waiting for it"],
+        secs(1),
+    );
+    check_metrics(&g);
+    let v = g.wait_metric("gilhold_val", FIRST_VALUES);
+    gmond_assert_eq!(g, v.val, "7");
+    g.signal(libc::SIGTERM);
+    gmond_assert!(
+        g,
+        g.wait_exit(EXIT_TIMEOUT).is_some(),
+        "no exit after SIGTERM"
+    );
+}
+
 #[test]
 fn metrics_mode_lists_metrics_runs_cleanup_and_exits_zero() {
     let lc = Lifecycle::new();

@@ -545,10 +545,12 @@ fn stuck_call_recovers_and_failing_handler_backs_off() {
     let after = number_in(&g, &returned, "returned after ", "s;");
     gmond_assert!(
         g,
-        (5.0..9.0).contains(&after),
+        // The call's own run time, not when its return was noticed.
+        (4.9..5.6).contains(&after),
         "the 5 s call returned after {after}s?"
     );
-    // Call 1 gave 1, call 2 is the stuck one, then 3, 4, ...
+    // Call 1 gave 1, call 2 is the stuck one (its 2 becomes the last good
+    // value when it returns), then 3, 4, ...
     let v = g
         .wait_metric_where("res_slow_val", |m| m.val_f64() >= 3.0, secs(10))
         .val_f64();
@@ -1362,7 +1364,7 @@ fn bad_results_descriptors_and_exits() {
     gmond_assert_eq!(g, g.metric("res_d_slope").unwrap().slope, "both");
 
     let values = g.module_ref("res_values");
-    let no_good = "failed (it has no good value yet, so gmond gets zero/empty";
+    let no_good = "failed (gmond publishes ";
     for (metric, reason) in [
         ("res_v_inf", "inf cannot be published as a double metric"),
         ("res_v_ninf", "-inf cannot be published as a double metric"),
