@@ -505,9 +505,10 @@ fn a_panic_in_a_call_fails_that_call_and_the_worker_serves_on() {
         );
         assert!(matches!(end, BatchEnd::Done));
         assert_eq!(outcomes.len(), 2, "{outcomes:?}");
-        assert!(outcomes[0].1.contains("PanicException"), "{outcomes:?}");
+        // pyo3 carries a panic of ours back across Python as a panic; the
+        // worker catches it, fails that call alone and keeps serving.
         assert!(
-            outcomes[0].1.contains("a bug in native code"),
+            outcomes[0].1.contains("internal error in modpython while making the call"),
             "{outcomes:?}"
         );
         assert_eq!(outcomes[1], (1, "Uint(7)".to_owned()));
