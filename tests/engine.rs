@@ -40,14 +40,15 @@ use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyString};
 
 type Job = Box<dyn FnOnce() + Send>;
+/// A job and where to say how it ended (a panic's message).
+type Queued = (Job, mpsc::Sender<Result<(), String>>);
 
 /// Runs `body` on the one thread that runs Python's main thread here, and
 /// passes on its panic.
 fn on_python_thread(body: impl FnOnce() + Send + 'static) {
-    static JOBS: OnceLock<Mutex<mpsc::Sender<(Job, mpsc::Sender<Result<(), String>>)>>> =
-        OnceLock::new();
+    static JOBS: OnceLock<Mutex<mpsc::Sender<Queued>>> = OnceLock::new();
     let jobs = JOBS.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<(Job, mpsc::Sender<Result<(), String>>)>();
+        let (tx, rx) = mpsc::channel::<Queued>();
         std::thread::Builder::new()
             .name("python-main".into())
             .stack_size(16 << 20)
@@ -508,7 +509,9 @@ fn a_panic_in_a_call_fails_that_call_and_the_worker_serves_on() {
         // pyo3 carries a panic of ours back across Python as a panic; the
         // worker catches it, fails that call alone and keeps serving.
         assert!(
-            outcomes[0].1.contains("internal error in modpython while making the call"),
+            outcomes[0]
+                .1
+                .contains("internal error in modpython while making the call"),
             "{outcomes:?}"
         );
         assert_eq!(outcomes[1], (1, "Uint(7)".to_owned()));
