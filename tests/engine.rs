@@ -359,7 +359,7 @@ fn a_worker_that_never_gets_the_gil_is_withdrawn_not_hung() {
             )
         });
         match end {
-            BatchEnd::NoGil(waited) => assert!(waited >= Duration::from_millis(300)),
+            BatchEnd::NoGil { waited, .. } => assert!(waited >= Duration::from_millis(300)),
             BatchEnd::Stuck(_) => panic!("a worker waiting for the GIL was taken for a hung call"),
             _ => panic!("the batch ran without the GIL"),
         }
@@ -665,6 +665,83 @@ def metric_init(params):
         let i = index_of(&started, "e7_fork_val");
         assert_eq!(uint(started.engine.collect(i, &mut Seen::default())), 1);
         started.engine.cleanup();
+    });
+}
+
+#[test]
+fn an_inline_call_never_waits_for_the_gil_while_a_protected_call_is_stuck() {
+    on_python_thread(|| {
+        let tmp = TempDir::new();
+        // Stuck at its 300 ms deadline while it sleeps with the GIL
+        // released; then it holds the GIL in C for 3 s.
+        let sly = counter_module(
+            "e8_sly",
+            "time.sleep(0.45)\nctypes.PyDLL('libc.so.6').sleep(3)",
+        );
+        let quick = counter_module("e8_quick", "pass");
+        let mut started = start(
+            tmp.path(),
+            &[("e8_quick", &quick), ("e8_sly", &sly)],
+            &["e8_quick"],
+            "e8_",
+            Duration::from_millis(300),
+        );
+        let sly_i = index_of(&started, "e8_sly_val");
+        let quick_i = index_of(&started, "e8_quick_val");
+        let engine = &mut started.engine;
+        let mut seen = Seen::default();
+        engine.collect(sly_i, &mut seen);
+        assert_eq!(seen.timed_out, vec![sly_i]);
+        // The inline module is called now, while the GIL is still free, and
+        // again once the stuck call holds it: neither call may keep this
+        // thread longer than a deadline (the stuck call's hold is 3 s).
+        let mut longest = Duration::ZERO;
+        let until = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < until {
+            let t = Instant::now();
+            engine.collect(quick_i, &mut seen);
+            longest = longest.max(t.elapsed());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            longest < Duration::from_millis(700),
+            "an inline call kept the calling thread {longest:?}"
+        );
+        engine.cleanup();
+        wait_for_gil();
+    });
+}
+
+#[test]
+fn module_code_after_the_last_call_of_a_batch_has_a_deadline_too() {
+    on_python_thread(|| {
+        let tmp = TempDir::new();
+        // The call leaves a trace function whose release (when the worker
+        // clears the thread's hooks after the batch) takes 2 s.
+        let tracer = counter_module(
+            "e9_trace",
+            "class T:\n    def __call__(self, *a):\n        return None\n    def __del__(self):\n        time.sleep(2)\nimport sys\nsys.settrace(T())",
+        );
+        let mut started = start(
+            tmp.path(),
+            &[("e9_trace", &tracer)],
+            &[],
+            "e9_",
+            Duration::from_millis(300),
+        );
+        let i = index_of(&started, "e9_trace_val");
+        let engine = &mut started.engine;
+        let t = Instant::now();
+        let value = uint(engine.collect(i, &mut Seen::default()));
+        assert!(
+            t.elapsed() < Duration::from_millis(1000),
+            "{:?}",
+            t.elapsed()
+        );
+        // The call itself returned in time: its value is used.
+        assert_eq!(value, 1);
+        engine.cleanup();
+        wait_for_gil();
     });
 }
 

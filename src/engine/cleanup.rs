@@ -48,7 +48,13 @@ pub fn run_within(modules: Vec<(loader::ModuleRef, Py<PyModule>)>, deadline: Dur
         match progress_rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
             Ok(Some(step)) => current = step,
             Ok(None) => break,
-            Err(_) => {
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                log::error!(
+                    "the cleanup thread ended during {current} (an internal error; please report it); the remaining cleanups are not called"
+                );
+                return;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
                 log::error!(
                     "{current} did not return within {}s; gmond goes on without waiting for it",
                     deadline.as_secs_f64()

@@ -457,22 +457,23 @@ impl Engine {
             (state.mode, state.timeout)
         };
         // Taken out while it works, so the outcomes can be applied as they come.
-        let worker = match self.worker_if_gil_free(mode, timeout) {
-            Ok(worker) => worker,
-            Err(waited) => {
-                if let Some(waited) = waited {
-                    self.log_gil_hold(waited);
-                }
-                self.not_called(index, &calls, Skip::NoGil, observer);
-                self.finish_calls(calls);
-                return;
-            }
+        let Ok(worker) = self.worker_for_mode(mode) else {
+            self.not_called(index, &calls, Skip::NoGil, observer);
+            self.finish_calls(calls);
+            return;
+        };
+        // Calls made on the worker while in doubt about the GIL (an inline
+        // module's too) have a protected call's deadline and report.
+        let mode = if worker.is_some() {
+            CallMode::Protected
+        } else {
+            mode
         };
         let started = cycles::now();
         let mut made = 0;
         let end = match worker {
             Some(worker) => {
-                let gil_wait = if self.stuck > 0 {
+                let gil_wait = if self.in_doubt() {
                     GIL_GRACE.min(timeout)
                 } else {
                     timeout
@@ -487,8 +488,21 @@ impl Engine {
                     // returns; a lost one is replaced on the next call.
                     BatchEnd::Stuck(_) | BatchEnd::Lost => {}
                     BatchEnd::Done => self.worker = Some(worker),
-                    BatchEnd::NoGil(waited) => {
-                        self.hold_seen(&worker, waited);
+                    BatchEnd::NoGil { waited, taken } => {
+                        if self.gil_hold.is_none() {
+                            self.log_gil_hold(waited);
+                        }
+                        self.gil_hold = Some(GilHold {
+                            since: self.gil_hold.as_ref().map_or_else(
+                                || {
+                                    Instant::now()
+                                        .checked_sub(waited)
+                                        .unwrap_or_else(Instant::now)
+                                },
+                                |h| h.since,
+                            ),
+                            taken,
+                        });
                         self.worker = Some(worker);
                     }
                 }
@@ -512,8 +526,7 @@ impl Engine {
         };
         self.module_states[module].ticks += cycles::now().wrapping_sub(started);
         match end {
-            BatchEnd::NoGil(waited) => {
-                self.log_gil_hold(waited);
+            BatchEnd::NoGil { .. } => {
                 self.not_called(index, &calls, Skip::NoGil, observer);
             }
             BatchEnd::Lost => {
@@ -591,71 +604,48 @@ impl Engine {
         self.not_called_after(trigger, calls, 0, why, observer);
     }
 
-    /// The worker for protected calls, taken out, if the GIL is free as far
-    /// as can be told; `Err` when it is held (with how long the worker
-    /// waited for it, when that is news to log). With no call of ours stuck
-    /// and no hold seen, nothing is checked: the usual case costs nothing.
-    /// Otherwise the GIL must be proven free: the worker has got it since
-    /// the hold was seen, and, for inline calls (which take the GIL on this
-    /// thread with no deadline), takes it now within [`GIL_GRACE`].
-    fn worker_if_gil_free(
-        &mut self,
-        mode: CallMode,
-        timeout: Duration,
-    ) -> Result<Option<Worker>, Option<Duration>> {
-        let doubtful = self.stuck > 0 || self.gil_hold.is_some();
-        if !doubtful {
+    /// Whether a thread of ours might hold the GIL now, or has been seen to.
+    fn in_doubt(&self) -> bool {
+        self.stuck > 0 || self.gil_hold.is_some()
+    }
+
+    /// The worker to make this batch's calls, taken out, or `None` for
+    /// calls on this thread (inline); `Err` when no call can be made
+    /// because the GIL is held. With no call of ours stuck and no hold
+    /// seen, inline calls run here and nothing is checked (the usual case
+    /// costs nothing). In doubt, every call goes to the worker, inline
+    /// modules' too: this thread (gmond's) must never wait for the GIL,
+    /// which has no deadline, and a worker's wait for it does. While a hold
+    /// lasts, nothing is asked of the worker until it has had the GIL since
+    /// (or is not even waiting for it: then it is asked again).
+    fn worker_for_mode(&mut self, mode: CallMode) -> Result<Option<Worker>, ()> {
+        if !self.in_doubt() {
             return Ok(match mode {
                 CallMode::Protected => self.worker_for_calls(),
                 CallMode::Inline => None,
             });
         }
         let Some(worker) = self.worker_for_calls() else {
-            return Ok(None);
+            return Err(());
         };
         if let Some(hold) = &self.gil_hold {
-            if worker.gil_taken() == hold.taken {
+            if worker.gil_taken() > hold.taken {
+                report(
+                    Level::Warn,
+                    None,
+                    None,
+                    format!(
+                        "Python's GIL is free again after {:.1}s; calls resume",
+                        hold.since.elapsed().as_secs_f64()
+                    ),
+                );
+                self.gil_hold = None;
+            } else if worker.wants_gil() {
                 self.worker = Some(worker);
-                return Err(None);
+                return Err(());
             }
-            report(
-                Level::Warn,
-                None,
-                None,
-                format!(
-                    "Python's GIL is free again after {:.1}s; calls resume",
-                    hold.since.elapsed().as_secs_f64()
-                ),
-            );
-            self.gil_hold = None;
         }
-        if mode == CallMode::Protected {
-            return Ok(Some(worker));
-        }
-        let wait = GIL_GRACE.min(timeout);
-        let end = worker.call_batch(&[], wait, wait, |_, _, _| {});
-        match end {
-            BatchEnd::Done => {
-                self.worker = Some(worker);
-                Ok(None)
-            }
-            BatchEnd::NoGil(waited) => {
-                self.hold_seen(&worker, waited);
-                self.worker = Some(worker);
-                Err(Some(waited))
-            }
-            // Dropped: the next call starts another.
-            BatchEnd::Stuck(_) | BatchEnd::Lost => Ok(None),
-        }
-    }
-
-    fn hold_seen(&mut self, worker: &Worker, waited: Duration) {
-        self.gil_hold = Some(GilHold {
-            since: Instant::now()
-                .checked_sub(waited)
-                .unwrap_or_else(Instant::now),
-            taken: worker.gil_taken(),
-        });
+        Ok(Some(worker))
     }
 
     /// The worker for the calls about to be made (started again if the

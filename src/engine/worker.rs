@@ -28,9 +28,13 @@
 //! them wins. So a worker still waiting for the GIL — held by a C extension,
 //! or by another module's stuck call — is never taken for a hung call: its
 //! request is withdrawn and the worker stays usable. Only a call that has
-//! started (RUNNING) can be abandoned; the caller then sets `stop`, never
-//! touches the slot's state again, and the worker, once that call returns,
-//! publishes its result (the late value) and ends in DONE, then EXITED.
+//! started (RUNNING) can be abandoned. Abandoning call k is exact: the
+//! caller marks `progress` k as abandoned with a compare-and-swap that the
+//! worker's own k → k+1 (the call returned) races against, so either the
+//! call returned in time or it is the late one, never both. The caller then
+//! sets `stop` and never touches the slot's state again; the worker, once
+//! that call returns, publishes its result (the late value) and ends in
+//! DONE, then EXITED.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -51,6 +55,9 @@ const REQUESTED: u32 = 1;
 const RUNNING: u32 = 2;
 const DONE: u32 = 3;
 const EXITED: u32 = 4;
+
+/// Marks the `progress` of a batch whose current call the caller gave up on.
+const ABANDONED: usize = 1 << (usize::BITS - 1);
 
 /// How long gmond's thread spins for a result before sleeping, and how long
 /// a worker spins for the next request before sleeping. Calls of one
@@ -82,8 +89,13 @@ struct Slot {
     /// (an uncontended lock, ~15 ns: the caller takes it only at the end),
     /// so a call that gets stuck never holds back the results before it.
     results: Mutex<Vec<Made>>,
-    /// How many calls of the batch have returned.
+    /// How many calls of the batch have returned, with [`ABANDONED`] set
+    /// once the caller gave up on the next one.
     progress: AtomicUsize,
+    /// Set by the worker while it waits to acquire the GIL (at its start,
+    /// or after taking notice of a request), so the caller can tell a
+    /// worker held up by the GIL from one not yet awake.
+    wants_gil: AtomicBool,
     /// When the current call started (coarse monotonic clock, ns).
     call_started: AtomicU64,
     /// When the call the caller gave up on returned (monotonic ns; 0 before).
@@ -107,8 +119,10 @@ pub enum BatchEnd {
     /// and must not be used again.
     Stuck(Stuck),
     /// The worker could not get the GIL within the wait: the request was
-    /// withdrawn, nothing was called, and the worker stays usable.
-    NoGil(Duration),
+    /// withdrawn, nothing was called, and the worker stays usable. With how
+    /// long it waited, and its count of GIL acquisitions before the request
+    /// (a higher count later means it has had the GIL since).
+    NoGil { waited: Duration, taken: u64 },
     /// The worker thread ended (an internal error); calls not made.
     Lost,
 }
@@ -168,6 +182,7 @@ impl Worker {
             batch: Mutex::new(Vec::new()),
             results: Mutex::new(Vec::new()),
             progress: AtomicUsize::new(0),
+            wants_gil: AtomicBool::new(true),
             call_started: AtomicU64::new(0),
             returned: AtomicU64::new(0),
             gil_taken: AtomicU64::new(0),
@@ -196,6 +211,11 @@ impl Worker {
         self.slot.gil_taken.load(Ordering::Acquire)
     }
 
+    /// Whether the worker is waiting to acquire the GIL now.
+    pub fn wants_gil(&self) -> bool {
+        self.slot.wants_gil.load(Ordering::Acquire)
+    }
+
     /// Has the worker call the metrics of `batch`, in order, each within
     /// `deadline` of its start; each outcome goes to `each` as it is taken
     /// over. Handing a whole round's worth of one module's calls over at
@@ -215,6 +235,7 @@ impl Worker {
             return BatchEnd::Lost;
         }
         slot.progress.store(0, Ordering::Relaxed);
+        let taken = slot.gil_taken.load(Ordering::Acquire);
         {
             let mut requested = slot.batch.lock().unwrap_or_else(|p| p.into_inner());
             requested.clear();
@@ -225,6 +246,8 @@ impl Worker {
             self.thread.unpark();
         }
         let mut end = BatchEnd::Done;
+        // How many results are this batch's in time (all, unless abandoned).
+        let mut made_in_time = usize::MAX;
         let finished = |state: u32| matches!(state, DONE | EXITED);
         if !spin_until(CALLER_SPIN, || finished(slot.state.load(Ordering::SeqCst))) {
             // The clock is read only on this slow path; the spin is part of the wait.
@@ -237,7 +260,16 @@ impl Worker {
                     DONE | EXITED => break,
                     REQUESTED => {
                         let waited = posted.elapsed();
-                        if waited >= gil_wait {
+                        // Past the GIL wait only if the worker is awake and
+                        // held up by the GIL; one merely slow to be scheduled
+                        // gets up to the deadline.
+                        let held_up = slot.wants_gil.load(Ordering::SeqCst);
+                        let limit = if held_up {
+                            gil_wait
+                        } else {
+                            deadline.max(gil_wait)
+                        };
+                        if waited >= limit {
                             if slot
                                 .state
                                 .compare_exchange(
@@ -249,15 +281,17 @@ impl Worker {
                                 .is_ok()
                             {
                                 slot.caller_asleep.store(false, Ordering::SeqCst);
-                                return BatchEnd::NoGil(waited);
+                                return BatchEnd::NoGil { waited, taken };
                             }
                             // Taken just now: it is running.
                             continue;
                         }
-                        gil_wait - waited
+                        limit - waited
                     }
                     _ => {
-                        // RUNNING: the current call's own deadline.
+                        // RUNNING: the current call's own deadline; after the
+                        // last call, what the worker runs of the module's
+                        // (its trace hooks' release) gets one too.
                         let progress = slot.progress.load(Ordering::Acquire);
                         // The coarse stamp plus its lag: never later than the
                         // true start, so a deadline is never cut short.
@@ -265,18 +299,32 @@ impl Worker {
                             slot.call_started.load(Ordering::Acquire) + cycles::coarse_lag_ns();
                         let ran =
                             Duration::from_nanos(cycles::monotonic_ns().saturating_sub(started));
-                        // Every call has returned: the worker is only finishing up.
-                        if ran >= deadline && progress < batch.len() {
+                        if ran >= deadline && !batch.is_empty() {
+                            // Exact: fails if the call returned meanwhile.
+                            if slot
+                                .progress
+                                .compare_exchange(
+                                    progress,
+                                    progress | ABANDONED,
+                                    Ordering::AcqRel,
+                                    Ordering::Acquire,
+                                )
+                                .is_err()
+                            {
+                                continue;
+                            }
                             slot.stop.store(true, Ordering::SeqCst);
                             self.thread.unpark();
                             end = BatchEnd::Stuck(Stuck {
                                 slot: Arc::clone(slot),
-                                index: batch[progress],
+                                index: batch[progress.min(batch.len() - 1)],
                                 started: started.saturating_sub(cycles::coarse_lag_ns()),
                             });
+                            made_in_time = progress;
                             break;
                         }
-                        deadline.saturating_sub(ran)
+                        // Never 0: a wait of nothing would spin.
+                        deadline.saturating_sub(ran).max(Duration::from_millis(1))
                     }
                 };
                 thread::park_timeout(wait.min(POLL));
@@ -286,16 +334,24 @@ impl Worker {
         {
             // Drained, not taken: the buffer keeps its capacity from round to
             // round (the worker appends to it under the same lock).
+            // Results of calls that returned after the deadline stay for
+            // `Stuck::take_results`.
             let mut results = slot.results.lock().unwrap_or_else(|p| p.into_inner());
-            for (index, result, seconds) in results.drain(..) {
+            let in_time = made_in_time.min(results.len());
+            for (index, result, seconds) in results.drain(..in_time) {
                 each(index, made_outcome(result), seconds);
             }
         }
         match end {
             BatchEnd::Done if slot.state.load(Ordering::SeqCst) == EXITED => BatchEnd::Lost,
             BatchEnd::Done => {
-                slot.state.store(IDLE, Ordering::SeqCst);
-                BatchEnd::Done
+                match slot
+                    .state
+                    .compare_exchange(DONE, IDLE, Ordering::SeqCst, Ordering::SeqCst)
+                {
+                    Ok(_) => BatchEnd::Done,
+                    Err(_) => BatchEnd::Lost,
+                }
             }
             other => other,
         }
@@ -348,6 +404,7 @@ fn worker_main(slot: &Slot, targets: &[CallTarget]) {
         let mut batch: Vec<usize> = Vec::new();
         loop {
             // The GIL is held here: just acquired, at start or after a wait.
+            slot.wants_gil.store(false, Ordering::SeqCst);
             slot.gil_taken.fetch_add(1, Ordering::AcqRel);
             while take_request(slot) {
                 std::mem::swap(
@@ -367,7 +424,13 @@ fn worker_main(slot: &Slot, targets: &[CallTarget]) {
                 return;
             }
             // Between batches the GIL is released, so module threads run.
-            if !py.detach(|| wait_for_request(slot)) {
+            if !py.detach(|| {
+                let go = wait_for_request(slot);
+                if go {
+                    slot.wants_gil.store(true, Ordering::SeqCst);
+                }
+                go
+            }) {
                 return;
             }
         }
@@ -388,7 +451,8 @@ fn take_request(slot: &Slot) -> bool {
 /// Makes the calls of `batch`; false when the worker is to end (the caller
 /// gave up on one of them).
 fn run_batch(py: Python<'_>, slot: &Slot, targets: &[CallTarget], batch: &[usize]) -> bool {
-    let mut stop = false;
+    let mut returned = 0;
+    let mut abandoned = false;
     in_module_scopes(py, targets, batch, |target, index| {
         let watch = Stopwatch::start(slot.timed);
         // A panic must not end the worker with the batch half made.
@@ -405,20 +469,26 @@ fn run_batch(py: Python<'_>, slot: &Slot, targets: &[CallTarget], batch: &[usize
         // this one's start (and takes it for late).
         slot.call_started
             .store(cycles::coarse_ns(), Ordering::Release);
-        slot.progress.fetch_add(1, Ordering::Release);
-        stop = slot.stop.load(Ordering::SeqCst);
-        if stop {
-            // The caller gave up on this call: it is the late one.
-            slot.returned
-                .store(cycles::monotonic_ns(), Ordering::Release);
-        }
-        !stop
+        abandoned = slot
+            .progress
+            .compare_exchange(returned, returned + 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_err();
+        returned += 1;
+        !abandoned
     });
+    // The caller may also have given up on what ran after the last call
+    // (the release of the module's trace hooks).
+    abandoned = abandoned || slot.progress.load(Ordering::Acquire) & ABANDONED != 0;
+    if abandoned {
+        // The call the caller gave up on has returned: the late one.
+        slot.returned
+            .store(cycles::monotonic_ns(), Ordering::Release);
+    }
     slot.state.store(DONE, Ordering::SeqCst);
     if slot.caller_asleep.load(Ordering::SeqCst) {
         slot.caller.unpark();
     }
-    !stop && !slot.stop.load(Ordering::SeqCst)
+    !abandoned && !slot.stop.load(Ordering::SeqCst)
 }
 
 /// Waits (spinning briefly, then asleep) for the next request; false when

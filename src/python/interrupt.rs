@@ -168,6 +168,35 @@ pub fn restore_if_changed() -> Option<String> {
     ))
 }
 
+/// Batches armed so far (only gmond's thread arms).
+static ARMED: AtomicU64 = AtomicU64::new(0);
+/// Set when the watchdog signalled a call since the last [`arm`].
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+/// Set while the watchdog waits out [`RESEND_EVERY`] after signalling.
+static RESTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether Python's handler for the signal is still ours.
+fn handler_in_place(py: Python<'_>) -> bool {
+    let Some(installed) = INSTALLED.get() else {
+        return true;
+    };
+    let current = py
+        .import("_signal")
+        .and_then(|s| s.call_method1("getsignal", (deadline_signal(),)));
+    match current {
+        Ok(handler) if handler.is(installed.handler.bind(py)) => true,
+        Ok(_) => {
+            log::warn!(
+                "module code replaced modpython's handler of signal {} (SIGRTMIN+3), which interrupts late inline calls (noticed after the call of {}); modpython's is registered again",
+                deadline_signal(),
+                label_of_current()
+            );
+            false
+        }
+        Err(_) => true,
+    }
+}
+
 /// Registers the Python-level handler again after [`ensure_action`] put
 /// the action back.
 #[cold]
@@ -297,8 +326,24 @@ pub fn arm(py: Python<'_>, deadline: Duration, index: usize) -> Armed {
     if !STARTED.load(Ordering::Relaxed) {
         start_watchdog();
     }
-    if REINSTALL.load(Ordering::Acquire) {
+    // A module may have replaced our Python-level handler with one of its
+    // own (`signal.signal(SIGRTMIN+3, f)`), which leaves the signal's action
+    // as it was: looked at every 64th batch (a Python call, too dear for
+    // each), and after any batch whose call the watchdog had to signal.
+    let armed_count = ARMED.load(Ordering::Relaxed).wrapping_add(1);
+    ARMED.store(armed_count, Ordering::Relaxed);
+    if REINSTALL.load(Ordering::Acquire)
+        || ((armed_count % 64 == 0 || SIGNALLED.load(Ordering::Relaxed)) && !handler_in_place(py))
+    {
         reinstall(py);
+    }
+    SIGNALLED.store(false, Ordering::Relaxed);
+    if RESTING.load(Ordering::Acquire) {
+        // The watchdog is waiting out a resend after a late call; this new
+        // batch's deadline must not wait for it.
+        if let Some(watchdog) = WATCHDOG.get() {
+            watchdog.unpark();
+        }
     }
     // Rounded up: a deadline is never cut short.
     let ms = u64::try_from(deadline.as_nanos().div_ceil(1_000_000))
@@ -354,9 +399,19 @@ impl Drop for Armed {
 /// delivered later, outside the call, it would make gmond's own next system
 /// call fail with EINTR.
 fn leave_flight(seq: u64) {
+    let mut spins = 0u32;
     loop {
         match IN_FLIGHT.compare_exchange(seq, 0, Ordering::AcqRel, Ordering::Acquire) {
-            Err(now) if now == seq | FIRING => std::hint::spin_loop(),
+            Err(now) if now == seq | FIRING => {
+                // Microseconds, unless the watchdog was descheduled between
+                // its claim and the signal: then let it run.
+                spins += 1;
+                if spins < 1000 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
             // Done, or already out of flight (paused before being dropped).
             _ => break,
         }
@@ -447,21 +502,28 @@ fn watchdog() {
             }
             sent = Some((current, elapsed));
             TARGET.store(current, Ordering::Release);
+            SIGNALLED.store(true, Ordering::Relaxed);
+            let mut action_replaced = false;
             if let Some(installed) = INSTALLED.get() {
-                if !ensure_action(installed) {
-                    log::warn!(
-                        "{}: module code replaced the action of signal {} (SIGRTMIN+3), which modpython uses to interrupt late inline calls; it is put back (the call in flight is not interrupted this time)",
-                        label_of_current(),
-                        deadline_signal()
-                    );
-                } else {
+                if ensure_action(installed) {
                     // SAFETY: gmond's main thread lives as long as the
                     // process; the signal's action was just checked to be
                     // Python's handler, so it cannot kill gmond.
                     unsafe { libc::pthread_kill(installed.gmond_thread, deadline_signal()) };
+                } else {
+                    action_replaced = true;
                 }
             }
+            // Released before anything slow (logging may block on syslog):
+            // the call may leave flight now.
             IN_FLIGHT.store(current, Ordering::Release);
+            if action_replaced {
+                log::warn!(
+                    "{}: module code replaced the action of signal {} (SIGRTMIN+3), which modpython uses to interrupt late inline calls; it is put back (the call in flight is not interrupted this time)",
+                    label_of_current(),
+                    deadline_signal()
+                );
+            }
         }
         if elapsed >= deadline + Duration::from_secs(2) && reported != current {
             reported = current;
@@ -472,6 +534,8 @@ fn watchdog() {
                 deadline.as_secs_f64()
             );
         }
-        std::thread::sleep(RESEND_EVERY);
+        RESTING.store(true, Ordering::Release);
+        std::thread::park_timeout(RESEND_EVERY);
+        RESTING.store(false, Ordering::Release);
     }
 }
