@@ -567,9 +567,14 @@ fn a_hung_handler_is_reported_as_gmond_would_time_it_out() {
         "{DESCRIPTOR}\ndef metric_init(params):\n    return [d('quick_one', lambda n: 7)]\n"
     );
     let (_tmp, pyconf, dir) = modules(
-        &[("hang", &hang), ("inline", &inline), ("quick", &quick)],
+        // Modules load (and gmond calls them) in file-name order: the
+        // inline module before the one that hangs. Once a protected call is
+        // stuck, an inline module's calls go to a worker too (gmond's thread
+        // must not wait for a GIL the stuck call may take), so the inline
+        // deadline is shown before that.
+        &[("zhang", &hang), ("inline", &inline), ("quick", &quick)],
         "modules {\n\
-           module { name = \"hang\" language = \"python\" }\n\
+           module { name = \"zhang\" language = \"python\" }\n\
            module { name = \"inline\" language = \"python\"\n\
              param \"modpython.call_mode\" { value = \"inline\" }\n\
              param \"modpython.call_timeout\" { value = \"1\" } }\n\
