@@ -854,7 +854,7 @@ fn a_failing_metric_is_reported_in_gmonds_words() {
         .start();
     let words = format!(
         "{}: metric 'boom_val' failed (gmond publishes 0 until a call succeeds; \
-         repeats are logged every 10 minutes)",
+         repeats are summarised every 10 minutes)",
         g.module_ref("boomer")
     );
     let in_gmond = g.wait_log(&words, secs(20));

@@ -42,7 +42,7 @@ use crate::self_metrics::{self, SelfMetric, Stats};
 use crate::settings::{self, CallMode, HostSettings};
 use crate::value::{Kept, Value};
 use call::{CallTarget, Failed, Outcome, Targets};
-use failures::{Failure, Subject};
+use failures::{Subject, Trouble};
 use log::Level;
 use worker::{BatchEnd, Stuck, Worker};
 
@@ -123,7 +123,7 @@ struct MetricState {
     /// leaves it as it is.
     current: Kept,
     /// Present while calls fail (rare, so boxed).
-    failure: Option<Box<Failure>>,
+    failure: Option<Box<Trouble>>,
     module: u32,
     /// Whether a call has ever succeeded.
     has_good: bool,
@@ -542,19 +542,27 @@ impl Engine {
                 let j = stuck.index;
                 let ran = stuck.run_time();
                 let metric = &self.metrics[j];
-                report(
-                    Level::Error,
-                    Some(&self.module_states[module].id),
-                    Some(&self.names[j]),
-                    format!(
-                        "metric '{}' did not return within {:.1}s; {}; the call is left to finish in the background and the module's metrics are not called until it does",
-                        self.names[j],
-                        timeout.as_secs_f64(),
-                        failures::kept(metric.has_good, matches!(metric.current, Kept::Str(_)))
-                    ),
-                );
+                // Once per spell of trouble: a handler that hangs now and
+                // then is summarised with its other failures.
+                let say = metric.failure.as_ref().is_none_or(|t| !t.stuck_logged);
+                if say {
+                    report(
+                        Level::Error,
+                        Some(&self.module_states[module].id),
+                        Some(&self.names[j]),
+                        format!(
+                            "metric '{}' did not return within {:.1}s; {}; the call is left to finish in the background and the module's metrics are not called until it does",
+                            self.names[j],
+                            timeout.as_secs_f64(),
+                            failures::kept(metric.has_good, matches!(metric.current, Kept::Str(_)))
+                        ),
+                    );
+                }
                 observer.called(j, &Outcome::TimedOut(ran), ran.as_secs_f32());
                 self.apply(index, j, Outcome::TimedOut(ran), mode, timeout);
+                if let Some(t) = &mut self.metrics[j].failure {
+                    t.stuck_logged = true;
+                }
                 self.module_states[module].stuck = Some(stuck);
                 self.stuck += 1;
                 let after = calls.iter().position(|&c| c == j).map_or(made, |p| p + 1);
@@ -803,9 +811,7 @@ impl Engine {
             Outcome::Value(value) => {
                 metric.current.set(value);
                 metric.has_good = true;
-                if let Some(run) = metric.failure.take() {
-                    failures::recovered(&run, &state.id, &self.names[index]);
-                }
+                failures::succeeded(&mut metric.failure, &subject);
             }
             Outcome::Failed(failed) => {
                 state.stats.errors += 1;
@@ -865,7 +871,12 @@ impl Engine {
                     metric.current.set(value);
                     metric.has_good = true;
                     let was_backed_off = metric.backed_off();
-                    metric.failure = None;
+                    // A success as far as back-off goes; the line below
+                    // says so (no "recovered" line besides).
+                    if let Some(t) = &mut metric.failure {
+                        t.in_a_row = 0;
+                        t.retry_at = None;
+                    }
                     if was_backed_off {
                         self.backed_off -= 1;
                     }
@@ -878,16 +889,22 @@ impl Engine {
                 result = text;
             }
         });
-        report(
-            Level::Warn,
-            Some(&self.module_states[module].id),
-            Some(&self.names[stuck.index]),
-            format!(
-                "the stuck call of metric '{}' returned after {:.1}s; {result}; the module's metrics are called again",
-                self.names[stuck.index],
-                stuck.run_time().as_secs_f64()
-            ),
-        );
+        let say = match &mut self.metrics[stuck.index].failure {
+            Some(t) => !std::mem::replace(&mut t.return_logged, true),
+            None => true,
+        };
+        if say {
+            report(
+                Level::Warn,
+                Some(&self.module_states[module].id),
+                Some(&self.names[stuck.index]),
+                format!(
+                    "the stuck call of metric '{}' returned after {:.1}s; {result}; the module's metrics are called again",
+                    self.names[stuck.index],
+                    stuck.run_time().as_secs_f64()
+                ),
+            );
+        }
         true
     }
 
