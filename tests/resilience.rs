@@ -997,7 +997,9 @@ fn owned_gmond(dir: &Path, strict: Option<&str>) -> Gmond {
                     ("res_mine", &metric("res_mine")),
                     ("res_theirs", &metric("res_theirs")),
                 ],
-                &["^res_"],
+                // The host's own metrics too: a refused directory must
+                // still show in monitoring.
+                &["^res_", "^modpython_"],
             ),
         );
     if let Some(strict) = strict {
@@ -1019,11 +1021,8 @@ fn writable_module_dir_is_refused() {
     ];
     for (g, dir, who) in &runs {
         let dir = dir.display().to_string();
-        gmond_assert!(
-            g,
-            g.wait_log("Module python_module failed to initialize", secs(15)),
-            "gmond did not report the failed python_module"
-        );
+        // The host starts without modules and counts both as failed.
+        refused_but_counted(g);
         let line = line_with(
             g,
             &["[modpython] error: ", "refusing to load Python modules"],
@@ -1042,8 +1041,33 @@ fn writable_module_dir_is_refused() {
             x.metric("res_mine_val").is_none() && x.metric("res_theirs_val").is_none(),
             "a module was loaded from a writable directory"
         );
-        gmond_assert!(g, !g.log().contains("Python module(s) loaded"));
     }
+}
+
+/// A refused module directory: the host still initialises, publishes its
+/// own metrics, and counts the two configured modules as failed.
+#[track_caller]
+fn refused_but_counted(g: &Gmond) {
+    let failed = g.wait_metric("modpython_modules_failed", secs(20));
+    gmond_assert_eq!(g, failed.val, "2", "modpython_modules_failed");
+    gmond_assert_eq!(
+        g,
+        g.wait_metric("modpython_modules_loaded", secs(5)).val,
+        "0"
+    );
+    gmond_assert!(
+        g,
+        !g.log()
+            .contains("Module python_module failed to initialize"),
+        "the host itself failed"
+    );
+    g.wait_line(
+        &[
+            "refusing to load Python modules",
+            "none of the 2 configured module(s) is loaded",
+        ],
+        secs(5),
+    );
 }
 
 /// Any module can import any file of the directory (helpers, and the
@@ -1064,11 +1088,7 @@ fn writable_helper_or_bytecode_cache_is_refused() {
         (owned_gmond(&dir_c, None), cache.display().to_string()),
     ];
     for (g, path) in &runs {
-        gmond_assert!(
-            g,
-            g.wait_log("Module python_module failed to initialize", secs(15)),
-            "gmond did not report the failed python_module"
-        );
+        refused_but_counted(g);
         let line = line_with(
             g,
             &["[modpython] error: ", "refusing to load Python modules"],

@@ -187,9 +187,30 @@ pub fn load_all(
     for path in &shared {
         if let Err(why) = permissions::check(path, &options.trusted_uids) {
             if options.settings.strict_permissions {
-                return Err(format!(
-                    "refusing to load Python modules: {why}; or set param strict_permissions {{ value = \"no\" }} in the python_module block"
-                ));
+                // The host still starts, with no module: its own metrics
+                // (modpython_modules_failed counting the refused ones) show
+                // the refusal in monitoring, not only in the log.
+                let refused: Vec<ModuleRef> = files
+                    .iter()
+                    .filter(|f| matches!(select_block(blocks, &f.stem), Selection::Enabled(_)))
+                    .map(|f| ModuleRef {
+                        name: f.stem.clone(),
+                        path: f.path.clone(),
+                    })
+                    .collect();
+                report(
+                    log::Level::Error,
+                    None,
+                    None,
+                    format!(
+                        "refusing to load Python modules: {why}; none of the {} configured module(s) is loaded (modpython_modules_failed counts them); or set param strict_permissions {{ value = \"no\" }} in the python_module block",
+                        refused.len()
+                    ),
+                );
+                return Ok(Loaded {
+                    failed: refused,
+                    ..Loaded::default()
+                });
             }
             report(log::Level::Warn, None, None, why);
         }
