@@ -774,19 +774,6 @@ fn a_late_call_stops_the_rest_of_its_batch() {
     assert_eq!(run.code, Some(1), "{run}");
 }
 
-/// A module that needs the virtualenv's package (see tests/venv.rs).
-const VENV_MODULE: &str = r#"
-import venvpkg
-
-def value(name):
-    return venvpkg.ANSWER
-
-def metric_init(params):
-    return [{"name": "venvuser_answer", "call_back": value, "value_type": "uint",
-             "format": "%u", "slope": "both", "time_max": 60, "units": "",
-             "description": "from a package in a virtualenv"}]
-"#;
-
 const VENV_MODULE_BLOCK: &str = "module { name = \"venvuser\" language = \"python\" }";
 
 const VENV_GROUP: &str = "collection_group { collect_every = 10 time_threshold = 60 \
@@ -798,7 +785,7 @@ fn pyconf_mode_takes_a_virtualenv_from_the_command_line_or_the_pyconf() {
     let venv = pyvenv::make_venv(venv_dir.path());
     let venv = venv.to_str().unwrap();
     let (tmp, pyconf, dir) = modules(
-        &[("venvuser", VENV_MODULE)],
+        &[("venvuser", pyvenv::VENV_MODULE)],
         &format!("modules {{ {VENV_MODULE_BLOCK} }}\n{VENV_GROUP}"),
     );
 

@@ -30,19 +30,6 @@ const XML_PROMPT: Duration = Duration::from_secs(1);
 /// `time_threshold = 1`, so a collected value is in the XML within a second).
 const REFUSED_STAYS_OUT: Duration = Duration::from_secs(3);
 
-/// The healthy neighbour: `res_tick` counts its own calls.
-const TICK_PY: &str = r#"
-_n = 0
-
-def tick(name):
-    global _n
-    _n += 1
-    return _n
-
-def metric_init(params):
-    return [desc("res_tick", tick, slope="positive")]
-"#;
-
 fn module(body: &str) -> String {
     pymod::module("resilience", body)
 }
@@ -55,20 +42,6 @@ fn line_with(g: &Gmond, needles: &[&str]) -> String {
         .find(|l| needles.iter().all(|n| l.contains(n)))
         .map(String::from)
         .unwrap_or_else(|| g.fail(&format!("no log line contains all of {needles:?}")))
-}
-
-/// The number in `line` between `before` and `after`, e.g. the seconds in
-/// "within 3.0s;".
-#[track_caller]
-fn number_in(g: &Gmond, line: &str, before: &str, after: &str) -> f64 {
-    line.split_once(before)
-        .and_then(|(_, rest)| rest.split_once(after))
-        .and_then(|(n, _)| n.trim().parse().ok())
-        .unwrap_or_else(|| {
-            g.fail(&format!(
-                "no number between {before:?} and {after:?} in {line:?}"
-            ))
-        })
 }
 
 /// A metric's current VAL as a number (the metric must be in the XML).
@@ -257,7 +230,7 @@ fn protected_hangs_do_not_stall_gmond() {
         ("res_nosig", "res_hang_nosig", "10", 1.0),
     ];
     let g = GmondBuilder::new()
-        .module_file("res_tick.py", &module(TICK_PY))
+        .module_file("res_tick.py", &module(&pymod::counter("res_tick")))
         .module_file("res_sleep.py", &module(SLEEP_PY))
         .module_file("res_sock.py", &module(SOCK_PY))
         .module_file("res_lock.py", &module(LOCK_PY))
@@ -318,7 +291,7 @@ fn protected_hangs_do_not_stall_gmond() {
             line.contains("left to finish in the background"),
             "{line}"
         );
-        let elapsed = number_in(&g, &line, "within ", "s;");
+        let elapsed = g.number_in(&line, "within ", "s;");
         gmond_assert!(
             g,
             elapsed >= *deadline && elapsed < deadline + 1.0,
@@ -451,7 +424,7 @@ def metric_init(params):
 fn stuck_call_recovers_and_failing_handler_backs_off() {
     let g = GmondBuilder::new()
         .host_param("retry_max_interval", "20")
-        .module_file("res_tick.py", &module(TICK_PY))
+        .module_file("res_tick.py", &module(&pymod::counter("res_tick")))
         .module_file("res_slow.py", &module(SLOW_PY))
         .module_file("res_fail.py", &module(FAIL_PY))
         .module_file("res_flaky.py", &module(FLAKY_PY))
@@ -526,7 +499,7 @@ fn stuck_call_recovers_and_failing_handler_backs_off() {
     );
     gmond_assert!(
         g,
-        (1.0..2.0).contains(&number_in(&g, &timeout, "within ", "s;")),
+        (1.0..2.0).contains(&g.number_in(&timeout, "within ", "s;")),
         "{timeout}"
     );
     let returned = g.wait_line(
@@ -542,7 +515,7 @@ fn stuck_call_recovers_and_failing_handler_backs_off() {
         returned.starts_with("[modpython] warning: "),
         "{returned}"
     );
-    let after = number_in(&g, &returned, "returned after ", "s;");
+    let after = g.number_in(&returned, "returned after ", "s;");
     gmond_assert!(
         g,
         // The call's own run time, not when its return was noticed.
@@ -630,7 +603,7 @@ def metric_init(params):
 fn inline_mode_interrupts_late_calls() {
     let inline = setting("call_mode", "inline");
     let g = GmondBuilder::new()
-        .module_file("res_tick.py", &module(TICK_PY))
+        .module_file("res_tick.py", &module(&pymod::counter("res_tick")))
         .module_file("res_inl.py", &module(INLINE_PY))
         .module_file("res_inl2.py", &module(INLINE2_PY))
         .pyconf_text(
@@ -685,7 +658,7 @@ fn inline_mode_interrupts_late_calls() {
             detail.contains(&reason) && detail.contains("s) and was interrupted"),
             "{metric}: the line after the failure is {detail:?}, expected {reason:?}"
         );
-        let ran = number_in(&g, &detail, "deadline (", "s)");
+        let ran = g.number_in(&detail, "deadline (", "s)");
         gmond_assert!(
             g,
             ran >= deadline && ran < deadline + 1.0,
@@ -697,7 +670,7 @@ fn inline_mode_interrupts_late_calls() {
     // which reads no clock per call, may see a call start late by up to a
     // quarter of its deadline or half the shortest one, 0.25 s here).
     let line = g.wait_line(&["res_inl_sleep ran "], secs(15));
-    let ran = number_in(&g, &line, "res_inl_sleep ran ", "s");
+    let ran = g.number_in(&line, "res_inl_sleep ran ", "s");
     gmond_assert!(
         g,
         (1.0..1.5).contains(&ran),
@@ -760,7 +733,7 @@ fn self_metrics_off_and_unknown_settings_reported() {
     let g = GmondBuilder::new()
         .host_param("self_metrics", "no")
         .host_param("call_timout", "5")
-        .module_file("res_tick.py", &module(TICK_PY))
+        .module_file("res_tick.py", &module(&pymod::counter("res_tick")))
         .pyconf_text(
             "resilience",
             &pyconf(
@@ -912,7 +885,7 @@ def metric_cleanup():
 #[test]
 fn nondaemon_threads_and_output_are_harmless() {
     let g = GmondBuilder::new()
-        .module_file("res_tick.py", &module(TICK_PY))
+        .module_file("res_tick.py", &module(&pymod::counter("res_tick")))
         .module_file("res_nondaemon.py", &module(NONDAEMON_PY))
         .module_file("res_chatty.py", &module(CHATTY_PY))
         .pyconf_text(
@@ -1210,7 +1183,7 @@ fn handlers_run_as_gmonds_user_after_setuid_and_sighup() {
     let g = GmondBuilder::new()
         .setuid_user("nobody")
         .so_path(&so)
-        .module_file("res_tick.py", &module(TICK_PY))
+        .module_file("res_tick.py", &module(&pymod::counter("res_tick")))
         .module_file("res_priv.py", &module(PRIV_PY))
         .pyconf_text(
             "resilience",
@@ -1339,7 +1312,7 @@ fn bad_results_descriptors_and_exits() {
         ),
     ];
     let mut b = GmondBuilder::new()
-        .module_file("res_tick.py", &module(TICK_PY))
+        .module_file("res_tick.py", &module(&pymod::counter("res_tick")))
         .module_file("res_values.py", &module(VALUES_PY))
         .module_file("res_desc.py", &module(DESC_PY));
     let mut blocks: Vec<(&str, &str)> =

@@ -43,20 +43,6 @@ fn wall(t: SystemTime) -> f64 {
         .as_secs_f64()
 }
 
-/// The number in `line` between `before` and `after`, e.g. the seconds in
-/// "within 2.0s;".
-#[track_caller]
-fn number_in(g: &Gmond, line: &str, before: &str, after: &str) -> f64 {
-    line.split_once(before)
-        .and_then(|(_, rest)| rest.split_once(after))
-        .and_then(|(n, _)| n.trim().parse().ok())
-        .unwrap_or_else(|| {
-            g.fail(&format!(
-                "no number between {before:?} and {after:?} in {line:?}"
-            ))
-        })
-}
-
 /// The text of `line` after `before`, a number of seconds and "s; ": in
 /// "... did not return within 2.0s; gmond keeps ...", what follows "2.0s; ".
 #[track_caller]
@@ -123,19 +109,6 @@ def calls(name):
 
 def metric_init(params):
     return [desc("gilhog_calls", calls, slope="positive")]
-"#;
-
-/// A counter of its own calls, named `NAME`.
-const COUNTER_PY: &str = r#"
-_n = 0
-
-def count(name):
-    global _n
-    _n += 1
-    return _n
-
-def metric_init(params):
-    return [desc("NAME", count, slope="positive")]
 "#;
 
 /// One XML read during the hold test: when it was made, and what it showed.
@@ -261,14 +234,8 @@ fn a_module_holding_the_gil_costs_gmond_one_deadline_not_one_per_module() {
             "gilhog.py",
             &module(&GILHOG_PY.replace("HOLD", &format!("{}", HOLD as u32))),
         )
-        .module_file(
-            "counter_a.py",
-            &module(&COUNTER_PY.replace("NAME", "counter_a")),
-        )
-        .module_file(
-            "counter_b.py",
-            &module(&COUNTER_PY.replace("NAME", "counter_b")),
-        )
+        .module_file("counter_a.py", &module(&pymod::counter("counter_a")))
+        .module_file("counter_b.py", &module(&pymod::counter("counter_b")))
         .pyconf_text(
             "stall",
             "modules {\n\
@@ -446,7 +413,7 @@ fn a_module_holding_the_gil_costs_gmond_one_deadline_not_one_per_module() {
         ],
         secs(10),
     );
-    let ran = number_in(&g, &returned, "returned after ", "s;");
+    let ran = g.number_in(&returned, "returned after ", "s;");
     gmond_assert!(
         g,
         (HOLD..HOLD + 1.0).contains(&ran),
@@ -531,7 +498,7 @@ fn a_late_value_becomes_the_last_good_one_and_no_good_value_publishes_zero() {
             ],
             FIRST_VALUES,
         );
-        let within = number_in(&g, &stuck, "did not return within ", "s;");
+        let within = g.number_in(&stuck, "did not return within ", "s;");
         gmond_assert!(
             g,
             (CALL_TIMEOUT..CALL_TIMEOUT + 1.0).contains(&within),
@@ -551,7 +518,7 @@ fn a_late_value_becomes_the_last_good_one_and_no_good_value_publishes_zero() {
         secs(10),
     );
     let seen_at = Instant::now();
-    let ran = number_in(&g, &returned, "returned after ", "s;");
+    let ran = g.number_in(&returned, "returned after ", "s;");
     gmond_assert!(
         g,
         (2.9..=3.3).contains(&ran),

@@ -9,19 +9,7 @@ mod pyvenv;
 use std::process::Command;
 
 use common::{GmondBuilder, TempDir, secs};
-use pyvenv::make_venv;
-
-const MODULE: &str = r#"
-import venvpkg
-
-def value(name):
-    return venvpkg.ANSWER
-
-def metric_init(params):
-    return [{"name": "venvuser_answer", "call_back": value, "value_type": "uint",
-             "format": "%u", "slope": "both", "time_max": 60, "units": "",
-             "description": "from a package in a virtualenv"}]
-"#;
+use pyvenv::{VENV_MODULE as MODULE, make_venv};
 
 const PYCONF: &str = "modules { module { name = \"venvuser\" language = \"python\" } }\n\
     collection_group { collect_every = 1 time_threshold = 1 metric { name = \"venvuser_answer\" } }\n";

@@ -651,6 +651,20 @@ impl Gmond {
 
     /// How every host message names a module: `module 'x' (/path/x.py)`,
     /// for a module in this gmond's module directory.
+    /// The number in `line` between `before` and `after`, e.g. the
+    /// seconds in "within 2.0s;"; fails the test when there is none.
+    #[track_caller]
+    pub fn number_in(&self, line: &str, before: &str, after: &str) -> f64 {
+        line.split_once(before)
+            .and_then(|(_, rest)| rest.split_once(after))
+            .and_then(|(n, _)| n.trim().parse().ok())
+            .unwrap_or_else(|| {
+                self.fail(&format!(
+                    "no number between {before:?} and {after:?} in {line:?}"
+                ))
+            })
+    }
+
     pub fn module_ref(&self, module: &str) -> String {
         format!(
             "module '{module}' ({})",

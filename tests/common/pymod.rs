@@ -47,3 +47,21 @@ pub fn pyconf(blocks: &[(&str, &str)], patterns: &[&str]) -> String {
 pub fn setting(name: &str, value: &str) -> String {
     format!("param \"modpython.{name}\" {{ value = \"{value}\" }}")
 }
+
+/// A module body (for [`module`]) with one metric, `metric`, counting its
+/// own calls: the healthy neighbour that shows a module is called.
+pub fn counter(metric: &str) -> String {
+    format!(
+        r#"
+_n = 0
+
+def count(name):
+    global _n
+    _n += 1
+    return _n
+
+def metric_init(params):
+    return [desc("{metric}", count, slope="positive")]
+"#
+    )
+}

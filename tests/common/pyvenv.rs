@@ -25,3 +25,18 @@ pub fn make_venv(dir: &Path) -> PathBuf {
     std::fs::write(pkg.join("__init__.py"), "ANSWER = 42\n").unwrap();
     venv
 }
+
+/// A module that needs the virtualenv's package (`venvpkg`, which
+/// [`make_venv`] puts there): it imports only when the virtualenv is on
+/// `sys.path`.
+pub const VENV_MODULE: &str = r#"
+import venvpkg
+
+def value(name):
+    return venvpkg.ANSWER
+
+def metric_init(params):
+    return [{"name": "venvuser_answer", "call_back": value, "value_type": "uint",
+             "format": "%u", "slope": "both", "time_max": 60, "units": "",
+             "description": "from a package in a virtualenv"}]
+"#;
