@@ -746,6 +746,46 @@ fn module_code_after_the_last_call_of_a_batch_has_a_deadline_too() {
 }
 
 #[test]
+fn an_inline_failure_report_that_hangs_meets_the_call_deadline() {
+    on_python_thread(|| {
+        let tmp = TempDir::new();
+        // The call fails quickly, but describing its exception (the
+        // traceback asks for its __str__) never ends: that is module code
+        // too, and runs under the call's deadline.
+        let hangs = r#"
+import time
+class Stubborn(Exception):
+    def __str__(self):
+        time.sleep(3600)
+        return "never"
+def value(metric):
+    raise Stubborn()
+def metric_init(params):
+    return [{"name": "e10_str_val", "call_back": value, "value_type": "uint",
+             "format": "%u", "slope": "both", "time_max": 60, "units": "", "description": "d"}]
+"#;
+        let mut started = start(
+            tmp.path(),
+            &[("e10_str", hangs)],
+            &["e10_str"],
+            "e10_",
+            Duration::from_millis(300),
+        );
+        let i = index_of(&started, "e10_str_val");
+        let mut seen = Seen::default();
+        let t = Instant::now();
+        started.engine.collect(i, &mut seen);
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(seen.timed_out, vec![i], "interrupted as a late call");
+        started.engine.cleanup();
+    });
+}
+
+#[test]
 fn collection_groups_make_one_batch_per_module_and_group() {
     on_python_thread(|| {
         Python::attach(|py| {
