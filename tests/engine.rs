@@ -738,8 +738,19 @@ fn module_code_after_the_last_call_of_a_batch_has_a_deadline_too() {
             "{:?}",
             t.elapsed()
         );
-        // The call itself returned in time: its value is used.
+        // The call itself returned in time: its value is used; what hung
+        // was the hook's release, and the log says so.
         assert_eq!(value, 1);
+        assert_eq!(
+            lines_with(&[
+                "module 'e9_trace'",
+                "code the module left behind after its call of metric 'e9_trace_val'"
+            ])
+            .len(),
+            1,
+            "{:#?}",
+            log_lines()
+        );
         engine.cleanup();
         wait_for_gil();
     });

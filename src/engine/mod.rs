@@ -538,6 +538,22 @@ impl Engine {
                 );
                 self.not_called_after(index, &calls, made, Skip::AfterLateCall, observer);
             }
+            BatchEnd::Stuck(stuck) if made >= calls.len() => {
+                // Every call returned; what hangs is module code the worker
+                // ran after them (the release of a trace or profile hook).
+                report(
+                    Level::Error,
+                    Some(&self.module_states[module].id),
+                    None,
+                    format!(
+                        "code the module left behind after its call of metric '{}' (a trace or profile hook, or an object it released) did not return within {:.1}s; the module's metrics are not called until it does",
+                        self.names[stuck.index],
+                        timeout.as_secs_f64()
+                    ),
+                );
+                self.module_states[module].stuck = Some(stuck);
+                self.stuck += 1;
+            }
             BatchEnd::Stuck(stuck) => {
                 let j = stuck.index;
                 let ran = stuck.run_time();
