@@ -36,7 +36,7 @@ fn log_warning(py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<()> {
     say(py, Level::Warn, message)
 }
 
-/// Logs information: shown when gmond's debug level is above 1.
+/// Logs information: shown at every debug level (gmond's log at info).
 #[pyfunction]
 fn log_info(py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<()> {
     say(py, Level::Info, message)
@@ -97,8 +97,8 @@ def _make_handler_class(_logging):
         """Sends logging records to gmond's log, tagged with the module's name.
 
         The host installs one on the root logger at start. CRITICAL and ERROR
-        become errors, WARNING warnings (both always logged); INFO and DEBUG are
-        shown when gmond runs with a debug level above 1.
+        become errors, WARNING warnings, INFO info (all shown at every debug
+        level); DEBUG is shown when gmond runs with a debug level above 1.
         """
 
         def emit(self, record):
@@ -128,8 +128,8 @@ def _setup(_logging):
     if not any(isinstance(h, LogHandler) for h in root.handlers):
         root.addHandler(LogHandler())
     _handler_installed = True
-    if _verbose:
-        root.setLevel(_logging.DEBUG)
+    # INFO is shown at every debug level, DEBUG above debug level 1.
+    root.setLevel(_logging.DEBUG if _verbose else _logging.INFO)
     original = _logging.basicConfig
     if getattr(original, "_modpython", False):
         return
@@ -232,10 +232,10 @@ pub fn ganglia_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
 }
 
 /// What the host does at start: `sys.stdout`/`sys.stderr` and the root
-/// logger go to gmond's log. `verbose` (gmond's debug level above 1) lowers
-/// the root logger to DEBUG so `logger.info()`/`debug()` get through.
+/// logger go to gmond's log. The root logger's level is INFO, or DEBUG when
+/// `verbose` (gmond's debug level above 1) so `logger.debug()` gets through.
 pub fn install(py: Python<'_>, verbose: bool) -> PyResult<()> {
-    stdio::install(py)?;
+    stdio::install(py, verbose)?;
     py.import("ganglia")?
         .getattr("_install_logging")?
         .call1((verbose,))?;
