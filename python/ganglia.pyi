@@ -29,7 +29,10 @@ def log_debug(message: object) -> None:
 class LogHandler(logging.Handler):
     """The handler the host puts on the root logger: records go to gmond's
     log, ERROR/CRITICAL as errors, WARNING as warnings, INFO as info (all
-    shown at every debug level), DEBUG at debug level 2 and above."""
+    shown at every debug level), DEBUG at debug level 2 and above. On the
+    host's instance, ``setFormatter`` and ``setLevel`` apply to the calling
+    module's records only (see docs/writing-modules.md, "Each module's
+    logging is its own")."""
 
     def emit(self, record: logging.LogRecord) -> None: ...
 

@@ -1,7 +1,8 @@
 //! What modules print and log, where gmond's operator reads it: at gmond's
 //! default debug level 0, in the foreground (stderr) and daemonized
-//! (syslog, at priority info, facility daemon, under gmond's ident); the
-//! output cap counting only lines that are shown; `module_stdout = discard`.
+//! (syslog, at priority info, facility daemon, under gmond's ident); each
+//! module's own `logging` setup; the output cap counting only lines that
+//! are shown; `module_stdout = discard`.
 //!
 //! A daemonized gmond logs through syslog(3), to `/dev/log`. This machine
 //! (a container) has no syslog daemon, and a test must not take the
@@ -371,6 +372,146 @@ fn a_daemonized_gmond_sends_module_info_to_syslog() {
     {
         d.fail("a debug line was logged at debug level 0");
     }
+}
+
+const FORMATTED: &str = r#"
+import logging, threading
+
+logging.basicConfig(level=logging.INFO,
+                    format="mo_a_fmt %(levelname)s %(name)s: %(message)s")
+log = logging.getLogger("mo_a_fmt")
+
+def _thread():
+    logging.info("thread info")
+    logging.debug("thread debug")
+
+def metric_init(params):
+    logging.info("root info")
+    log.info("named info")
+    logging.debug("root debug")
+    log.warning("named warning")
+    t = threading.Thread(target=_thread)
+    t.start()
+    t.join()
+    return [_d("mo_a_fmt_one", lambda name: 1)]
+"#;
+
+const PLAIN: &str = r#"
+import logging
+
+log = logging.getLogger("mo_b_plain")
+
+def metric_init(params):
+    logging.info("root info")
+    log.info("named info")
+    logging.debug("root debug")
+    log.warning("named warning")
+    return [_d("mo_b_plain_one", lambda name: 1)]
+"#;
+
+/// One module's `basicConfig(level=INFO, format=...)` is its own, also on
+/// the module's own thread: the other module keeps the host's format (its
+/// message, after a foreign logger's name) and its debug lines, which gmond
+/// shows at debug level 2. (The modules load in name order, so the
+/// configuring one goes first.)
+#[test]
+fn basic_config_is_the_calling_modules_own() {
+    let g = GmondBuilder::new()
+        .module_file("mo_a_fmt.py", &module(FORMATTED))
+        .module_file("mo_b_plain.py", &module(PLAIN))
+        .pyconf_text(
+            "two",
+            &pyconf(
+                &["mo_a_fmt", "mo_b_plain"],
+                &["mo_a_fmt_one", "mo_b_plain_one"],
+            ),
+        )
+        .debug_level(2)
+        .start();
+    g.wait_metric("mo_b_plain_one", secs(20));
+    for (line, count) in [
+        ("[modpython] [mo_a_fmt] mo_a_fmt INFO root: root info\n", 1),
+        (
+            "[modpython] [mo_a_fmt] mo_a_fmt INFO mo_a_fmt: named info\n",
+            1,
+        ),
+        (
+            "[modpython] warning: [mo_a_fmt] mo_a_fmt WARNING mo_a_fmt: named warning\n",
+            1,
+        ),
+        // On a thread of its own, the module's records are still its own.
+        (
+            "[modpython] [mo_a_fmt] mo_a_fmt INFO root: thread info\n",
+            1,
+        ),
+        // Its own level, INFO, keeps its debug lines out even at debug level 2.
+        ("[mo_a_fmt] mo_a_fmt DEBUG", 0),
+        ("thread debug", 0),
+        ("[modpython] [mo_b_plain] root info\n", 1),
+        ("[modpython] [mo_b_plain] named info\n", 1),
+        ("[modpython] [mo_b_plain] root debug\n", 1),
+        ("[modpython] warning: [mo_b_plain] named warning\n", 1),
+    ] {
+        gmond_assert_eq!(g, g.log_count(line), count, "count of {line:?}");
+    }
+}
+
+const RECONFIGURING: &str = r#"
+import logging, os
+
+root = logging.getLogger()
+root.setLevel(logging.ERROR)
+root.handlers[0].setFormatter(logging.Formatter("mo_a_own %(levelname)s %(message)s"))
+_file = logging.FileHandler(os.path.join(os.getcwd(), "mo_a_own.log"))
+_file.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+root.addHandler(_file)
+
+def metric_init(params):
+    logging.warning("a warning below its level")
+    logging.error("an error")
+    return [_d("mo_a_own_one", lambda name: 1)]
+"#;
+
+const NEIGHBOUR: &str = r#"
+import logging
+
+def metric_init(params):
+    logging.info("neighbour info")
+    logging.warning("neighbour warning")
+    return [_d("mo_b_neighbour_one", lambda name: 1)]
+"#;
+
+/// What a module does to the root logger itself (its level, the host
+/// handler's format, a handler of its own) applies to that module's
+/// records only: the other module's lines keep their look and still
+/// appear, and the module's file gets nothing of the other's.
+#[test]
+fn root_logger_changes_stay_with_the_module() {
+    let g = GmondBuilder::new()
+        .module_file("mo_a_own.py", &module(RECONFIGURING))
+        .module_file("mo_b_neighbour.py", &module(NEIGHBOUR))
+        .pyconf_text(
+            "two",
+            &pyconf(
+                &["mo_a_own", "mo_b_neighbour"],
+                &["mo_a_own_one", "mo_b_neighbour_one"],
+            ),
+        )
+        .start();
+    g.wait_metric("mo_b_neighbour_one", secs(20));
+    for (line, count) in [
+        ("[modpython] error: [mo_a_own] mo_a_own ERROR an error\n", 1),
+        ("a warning below its level", 0),
+        ("[modpython] [mo_b_neighbour] neighbour info\n", 1),
+        (
+            "[modpython] warning: [mo_b_neighbour] neighbour warning\n",
+            1,
+        ),
+    ] {
+        gmond_assert_eq!(g, g.log_count(line), count, "count of {line:?}");
+    }
+    let file = std::fs::read_to_string(g.dir().join("mo_a_own.log")).unwrap_or_default();
+    gmond_assert_eq!(g, file, "ERROR an error\n", "the module's own log file");
 }
 
 const CHATTY_DEBUG: &str = r#"
