@@ -2,14 +2,27 @@
 //! `ganglia` module, Python's) lands where gmond's do: stderr in the
 //! foreground, syslog when daemonized.
 //!
-//! Error and Warn always reach `err_msg`; Info and below go to `debug_msg`,
-//! which gmond prints only at debug level > 1.
+//! Error and Warn always reach `err_msg`, and so do the modules' Info lines
+//! (what they print, `logging.info`, `ganglia.log_info`); the host's own
+//! Info and everything at Debug go to `debug_msg`, which gmond prints only
+//! at debug level > 1.
+//!
+//! `err_msg` is what puts a module's info line where an operator looks, at
+//! gmond's default debug level 0: in the foreground it writes to stderr;
+//! once gmond has daemonized (it sets libganglia's `daemon_proc` and calls
+//! `openlog(argv[0], LOG_PID, LOG_DAEMON)` right after detaching), it calls
+//! `syslog(LOG_INFO, …)`, so the line lands in syslog with priority info,
+//! facility daemon and gmond's ident, next to gmond's own messages (checked
+//! against the disassembly of gmond 3.7.2 and libganglia, and by
+//! tests/module_output.rs). `debug_msg` would lose it there: it only ever
+//! writes to stderr, which a daemon has pointed at /dev/null.
 
 use std::ffi::CString;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 use crate::ffi;
+use crate::python::stdio::MODULE_LOG_TARGET;
 
 /// Where log lines go. Outside gmond (the tools, unit tests) libganglia's
 /// `err_msg` still works: it writes to stderr.
@@ -43,9 +56,16 @@ fn c_line(text: &str) -> CString {
     CString::new(bytes).unwrap_or_default()
 }
 
+/// Whether a record goes to `err_msg` (always printed) rather than
+/// `debug_msg`: errors, warnings, and info from modules.
+fn through_err_msg(metadata: &Metadata) -> bool {
+    metadata.level() <= Level::Warn
+        || (metadata.level() == Level::Info && metadata.target() == MODULE_LOG_TARGET)
+}
+
 impl Log for GmondLogger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= Level::Warn || debug_level() > 1
+        through_err_msg(metadata) || debug_level() > 1
     }
 
     fn log(&self, record: &Record) {
@@ -69,7 +89,7 @@ impl Log for GmondLogger {
             // SAFETY: constant "%s" format with one NUL-terminated argument that
             // outlives the call; libganglia copies what it needs.
             unsafe {
-                if record.level() <= Level::Warn {
+                if through_err_msg(record.metadata()) {
                     ffi::err_msg(c"%s".as_ptr(), line.as_ptr());
                 } else {
                     ffi::debug_msg(c"%s\n".as_ptr(), line.as_ptr());

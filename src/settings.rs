@@ -36,6 +36,27 @@ pub struct HostSettings {
     pub retry_max_interval: Duration,
     /// How long one module's import and `metric_init` may take.
     pub init_timeout: Duration,
+    /// What becomes of what modules write to stdout (`print`).
+    pub module_stdout: ModuleStdout,
+}
+
+/// What becomes of module stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleStdout {
+    /// gmond's log, at info level (shown at every debug level).
+    Log,
+    /// Dropped: for sites whose modules print more than anyone reads.
+    Discard,
+}
+
+impl ModuleStdout {
+    fn parse(value: &str) -> Result<ModuleStdout, String> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "log" => Ok(ModuleStdout::Log),
+            "discard" => Ok(ModuleStdout::Discard),
+            other => Err(format!("'{other}' is not log or discard")),
+        }
+    }
 }
 
 /// Where handler calls run.
@@ -117,6 +138,7 @@ impl Default for HostSettings {
             self_metrics: true,
             retry_max_interval: Duration::from_secs(300),
             init_timeout: Duration::from_secs(30),
+            module_stdout: ModuleStdout::Log,
         }
     }
 }
@@ -154,6 +176,11 @@ pub const HOST_SETTINGS: &[Setting] = &[
         name: "init_timeout",
         help: "seconds one module's import and metric_init may take (default 30) before they are interrupted and the module is skipped",
         apply: |s, v| parse_seconds(v).map(|d| s.init_timeout = d),
+    },
+    Setting {
+        name: "module_stdout",
+        help: "log (default): what modules print goes to gmond's log at info level, shown at every debug level; discard: it is dropped (stderr, logging and ganglia.log_* still reach the log)",
+        apply: |s, v| ModuleStdout::parse(v).map(|m| s.module_stdout = m),
     },
     Setting {
         name: "strict_permissions",
@@ -302,6 +329,13 @@ mod tests {
         assert_eq!(settings.call_timeout, Duration::from_millis(500));
         assert_eq!(settings.call_mode, CallMode::Inline);
         assert!(!settings.self_metrics);
+        assert_eq!(settings.module_stdout, ModuleStdout::Log);
+        let (settings_discard, problems) = parse_host(&[param("module_stdout", Some(" Discard "))]);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(settings_discard.module_stdout, ModuleStdout::Discard);
+        let (_, problems) = parse_host(&[param("module_stdout", Some("syslog"))]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("'syslog' is not log or discard"));
         let (overrides, problems) = ModuleOverrides::parse(&[
             param("modpython.call_timeout", Some("10")),
             param("modpython.call_mode", Some("protected")),

@@ -488,6 +488,7 @@ def value(name):
     return 1
 def metric_init(params):
     ganglia.log_warning("careful")
+    ganglia.log_debug("a debug line")
     logging.getLogger("talker.sub").error("from logging")
     sys.stderr.write("partial ")
     sys.stderr.write("line\n")
@@ -504,7 +505,8 @@ def metric_init(params):
     )
     .unwrap();
     let pyconf = tmp.path().join("talker.pyconf");
-    // At gmond's default debug level, info lines are not logged, so not shown.
+    // At gmond's default debug level, everything but debug lines is logged,
+    // so shown; the debug line is counted.
     let quiet = check(&[
         "--pyconf",
         pyconf.to_str().unwrap(),
@@ -512,9 +514,17 @@ def metric_init(params):
         tmp.path().to_str().unwrap(),
     ]);
     assert_eq!(quiet.code, Some(0), "{quiet}");
-    quiet.assert_has("warning [talker] careful");
-    assert!(!quiet.has("hello from import"), "{quiet}");
-    quiet.assert_has("2 line(s) at info or debug level not shown");
+    for line in [
+        "info    [talker] hello from import",
+        "warning [talker] careful",
+        "info    [talker] called for talker_one",
+    ] {
+        assert_eq!(quiet.stdout.matches(line).count(), 1, "{line:?}\n{quiet}");
+    }
+    assert!(!quiet.has("a debug line"), "{quiet}");
+    quiet.assert_has(
+        "(1 line(s) at debug level not shown: gmond logs them only at debug level 2 or more; see them with --debug 2)",
+    );
     let run = check(&[
         "--pyconf",
         pyconf.to_str().unwrap(),
@@ -530,9 +540,25 @@ def metric_init(params):
         "error   [talker] talker.sub: from logging",
         "warning [talker] partial line",
         "info    [talker] called for talker_one",
+        "debug   [talker] a debug line",
     ] {
         run.assert_has(line);
     }
+    assert!(!run.has("not shown"), "{run}");
+    // As gmond with module_stdout = discard: print()s are counted, not shown.
+    let discard = check(&[
+        "--pyconf",
+        pyconf.to_str().unwrap(),
+        "--dir",
+        tmp.path().to_str().unwrap(),
+        "--set",
+        "module_stdout=discard",
+    ]);
+    assert_eq!(discard.code, Some(0), "{discard}");
+    assert!(!discard.has("hello from import"), "{discard}");
+    assert!(!discard.has("called for"), "{discard}");
+    discard.assert_has("warning [talker] partial line");
+    discard.assert_has("(2 line(s) printed to stdout discarded: module_stdout = discard)");
 }
 
 /// A module's files in a fresh directory, with a .pyconf of `pyconf` text.
@@ -858,19 +884,39 @@ fn a_failing_metric_is_reported_in_gmonds_words() {
 #[test]
 fn module_info_lines_follow_the_debug_level() {
     let body = format!(
-        "import logging\n{DESCRIPTOR}\ndef value(name):\n    logging.info('hello-info')\n    return 1\n\
-         def metric_init(params):\n    return [d('chatter_val', value)]\n"
+        "import logging\n{DESCRIPTOR}\ndef value(name):\n    logging.info('hello-info')\n    logging.debug('hello-debug')\n    return 1\n\
+         def metric_init(params):\n    logging.getLogger('chatter').setLevel(logging.DEBUG)\n    logging.getLogger('chatter').debug('named-debug')\n    return [d('chatter_val', value)]\n"
     );
     let (_tmp, pyconf, dir) = modules(
         &[("chatter", &body)],
         "modules { module { name = \"chatter\" language = \"python\" } }\n\
          collection_group { collect_every = 10 time_threshold = 60 metric { name = \"chatter_val\" } }\n",
     );
-    // As under gmond at debug level 0 (the default): no info lines.
+    // As under gmond at debug level 0 (the default): info lines, no debug
+    // lines. The root logger's debug line is not even made (the host sets
+    // it to INFO); the named logger's is, and is counted as not shown.
     let run = check_pyconf(&pyconf, &dir, &[]);
     assert_eq!(run.code, Some(0), "{run}");
-    assert!(!run.has("hello-info"), "{run}");
+    assert_eq!(
+        run.stdout.matches("info    [chatter] hello-info").count(),
+        1,
+        "{run}"
+    );
+    assert!(!run.has("hello-debug"), "{run}");
+    assert!(!run.has("named-debug"), "{run}");
+    run.assert_has("(1 line(s) at debug level not shown");
+    // Below 2 as well.
+    let run = check_pyconf(&pyconf, &dir, &["--debug", "1"]);
+    run.assert_has("info    [chatter] hello-info");
+    assert!(!run.has("hello-debug"), "{run}");
     let run = check_pyconf(&pyconf, &dir, &["--debug", "2"]);
     assert_eq!(run.code, Some(0), "{run}");
-    run.assert_has("hello-info");
+    for line in [
+        "info    [chatter] hello-info",
+        "debug   [chatter] hello-debug",
+        "debug   [chatter] named-debug",
+    ] {
+        assert_eq!(run.stdout.matches(line).count(), 1, "{line:?}\n{run}");
+    }
+    assert!(!run.has("not shown"), "{run}");
 }

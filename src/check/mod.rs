@@ -16,7 +16,6 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -57,7 +56,7 @@ values, then every problem, as gmond would log it.
   --set NAME=VALUE  a host setting (see below), over the python_module block's (repeatable)
   --virtualenv DIR  the same as --set virtualenv=DIR
   --python-path D   the same as --set python_path=D (directories separated by ':')
-  --debug N         gmond's debug level (default 0): module info and debug lines show above 1
+  --debug N         gmond's debug level (default 0): module debug lines show above 1
   --json            machine-readable output
   --verbose         also show the host's informational messages
 
@@ -214,20 +213,15 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
 // Capturing log output
 // ---------------------------------------------------------------------------
 
-/// Collects log records instead of printing them.
+/// Collects log records instead of printing them. Module lines arrive
+/// already filtered for the debug level checked, by the rule gmond's log
+/// follows ([`stdio::shown`]).
 struct Collector {
     records: Mutex<Vec<(Level, bool, String)>>,
-    /// gmond's debug level being checked against: module lines at info and
-    /// debug pass only above 1, as in gmond's log.
-    debug_level: AtomicI32,
-    /// Module lines left out for that reason.
-    hidden: AtomicUsize,
 }
 
 static COLLECTOR: Collector = Collector {
     records: Mutex::new(Vec::new()),
-    debug_level: AtomicI32::new(0),
-    hidden: AtomicUsize::new(0),
 };
 
 impl Log for Collector {
@@ -237,13 +231,6 @@ impl Log for Collector {
 
     fn log(&self, record: &Record) {
         let from_module = record.target() == stdio::MODULE_LOG_TARGET;
-        if from_module
-            && record.level() > Level::Warn
-            && self.debug_level.load(Ordering::Relaxed) <= 1
-        {
-            self.hidden.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
         self.records
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -264,7 +251,9 @@ pub fn install_collector() -> bool {
 }
 
 fn drain_log(report: &mut Report) {
-    report.hidden_output = COLLECTOR.hidden.swap(0, Ordering::Relaxed);
+    let (hidden, discarded) = stdio::take_unshown();
+    report.hidden_output += hidden;
+    report.discarded_output += discarded;
     let records = std::mem::take(&mut *COLLECTOR.records.lock().unwrap_or_else(|p| p.into_inner()));
     for (level, from_module, text) in records {
         if from_module {
@@ -382,9 +371,6 @@ fn read_setup(options: &Options, report: &mut Report) -> Option<Setup> {
 /// ([`crate::python::interrupt`]) need it.
 pub fn run(options: &Options) -> Report {
     let mut report = Report::default();
-    COLLECTOR
-        .debug_level
-        .store(options.debug, Ordering::Relaxed);
     let Some(mut setup) = read_setup(options, &mut report) else {
         drain_log(&mut report);
         return report;

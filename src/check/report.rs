@@ -129,9 +129,11 @@ pub struct Report {
     pub problems: Vec<Problem>,
     /// Informational host messages (shown with --verbose).
     pub info: Vec<String>,
-    /// Module lines at info or debug level, which gmond shows only at
-    /// debug level 2 or more, left out for the debug level checked.
+    /// Module lines at debug level, which gmond shows only at debug level
+    /// 2 or more, left out for the debug level checked.
     pub hidden_output: usize,
+    /// Lines modules printed to stdout, dropped by `module_stdout = discard`.
+    pub discarded_output: usize,
 }
 
 impl Report {
@@ -190,7 +192,7 @@ impl Report {
                 let _ = writeln!(out, "  {}", line.replace('\n', "\n  "));
             }
         }
-        if !self.output.is_empty() || self.hidden_output > 0 {
+        if !self.output.is_empty() || self.hidden_output > 0 || self.discarded_output > 0 {
             out.push_str("\nWhat modules said (as in gmond's log):\n");
             for line in &self.output {
                 let _ = writeln!(out, "  {:<7} {}", level_name(line.level), line.text);
@@ -198,8 +200,15 @@ impl Report {
             if self.hidden_output > 0 {
                 let _ = writeln!(
                     out,
-                    "  ({} line(s) at info or debug level not shown: gmond logs them only at debug level 2 or more; see them with --debug 2)",
+                    "  ({} line(s) at debug level not shown: gmond logs them only at debug level 2 or more; see them with --debug 2)",
                     self.hidden_output
+                );
+            }
+            if self.discarded_output > 0 {
+                let _ = writeln!(
+                    out,
+                    "  ({} line(s) printed to stdout discarded: module_stdout = discard)",
+                    self.discarded_output
                 );
             }
         }

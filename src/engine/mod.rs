@@ -228,6 +228,7 @@ impl Engine {
         crate::signals::defuse_stray_signals();
         cycles::start();
         python::start(verbose)?;
+        python::stdio::set_stdout(settings.module_stdout);
         crate::signals::restore_if_changed("starting Python");
         Python::attach(interrupt::install)
             .map_err(|e| format!("cannot set up call deadlines: {e}"))?;

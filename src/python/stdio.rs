@@ -2,6 +2,13 @@
 //! package and `ganglia.log_*` all end up in gmond's log, one line per log
 //! record, tagged with the module's name.
 //!
+//! Which lines are shown is decided here, once, for gmond and
+//! `modpython-check` alike ([`shown`]): errors, warnings and info always
+//! (info is what a module prints, and an operator of a daemonized gmond,
+//! which always runs at debug level 0, would otherwise never see it), debug
+//! only at gmond's debug level above 1. Lines that are not shown are
+//! counted ([`take_unshown`]) and never use up a module's output budget.
+//!
 //! The module a line belongs to is the *current module*: the loader sets it
 //! around a module's import, `metric_init` and `metric_cleanup`, and the
 //! host around each metric callback ([`ModuleScope`]). Code running outside
@@ -12,10 +19,13 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::ThreadId;
 
 use log::Level;
 use pyo3::prelude::*;
+
+use crate::settings::ModuleStdout;
 
 /// The `log` target of everything modules say; the host's own messages use
 /// their Rust module path. `modpython-check` tells the two apart by it.
@@ -101,6 +111,36 @@ fn caller_module_name(py: Python<'_>) -> Option<String> {
     globals.get_item("__name__").ok()?.extract::<String>().ok()
 }
 
+/// gmond's debug level is above 1: module debug lines are shown too.
+static VERBOSE: AtomicBool = AtomicBool::new(false);
+/// `module_stdout = discard`: what modules print is dropped.
+static DISCARD_STDOUT: AtomicBool = AtomicBool::new(false);
+/// Module lines not shown at this debug level, and stdout lines discarded,
+/// since [`take_unshown`] last ran (for `modpython-check`'s report).
+static HIDDEN: AtomicUsize = AtomicUsize::new(0);
+static DISCARDED: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether a module's line at `level` reaches the log: debug lines only at
+/// gmond's debug level above 1, as gmond's `debug_msg`; everything else
+/// always.
+pub fn shown(level: Level) -> bool {
+    level <= Level::Info || VERBOSE.load(Ordering::Relaxed)
+}
+
+/// Applies the `module_stdout` host setting (before modules load).
+pub fn set_stdout(mode: ModuleStdout) {
+    DISCARD_STDOUT.store(mode == ModuleStdout::Discard, Ordering::Relaxed);
+}
+
+/// Module lines left out since the last call: (not shown at this debug
+/// level, stdout lines discarded).
+pub fn take_unshown() -> (usize, usize) {
+    (
+        HIDDEN.swap(0, Ordering::Relaxed),
+        DISCARDED.swap(0, Ordering::Relaxed),
+    )
+}
+
 /// Lines one module may log per [`BUDGET_WINDOW`]; more are counted and
 /// summarised, so a module printing on every call cannot fill the log.
 const BUDGET_LINES: u32 = 100;
@@ -116,8 +156,14 @@ struct Budget {
 
 static BUDGETS: Mutex<Option<HashMap<String, Budget>>> = Mutex::new(None);
 
-/// Logs one line a module said, within the module's budget.
+/// Logs one line a module said, within the module's budget. A line that
+/// is not [`shown`] is only counted: a module's debug chatter must not use
+/// up the budget its warnings and errors need.
 pub fn emit(level: Level, module: &str, text: &str) {
+    if !shown(level) {
+        HIDDEN.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     let now = std::time::Instant::now();
     let mut summary = None;
     let allowed = {
@@ -162,16 +208,19 @@ pub fn emit(level: Level, module: &str, text: &str) {
 pub struct LogStream {
     level: Level,
     name: &'static str,
+    /// Dropped under `module_stdout = discard` (stdout, not stderr).
+    discardable: bool,
     fd: i32,
     /// Partial lines, per thread, so two threads printing do not mix.
     pending: Mutex<HashMap<ThreadId, String>>,
 }
 
 impl LogStream {
-    pub fn new(name: &'static str, fd: i32, level: Level) -> LogStream {
+    pub fn new(name: &'static str, fd: i32, level: Level, discardable: bool) -> LogStream {
         LogStream {
             level,
             name,
+            discardable,
             fd,
             pending: Mutex::new(HashMap::new()),
         }
@@ -193,6 +242,10 @@ impl LogStream {
     /// Buffers `text` and logs each complete line; returns its length, as
     /// `io.TextIOBase.write` does.
     fn write(&self, py: Python<'_>, text: &str) -> usize {
+        if self.discardable && DISCARD_STDOUT.load(Ordering::Relaxed) {
+            DISCARDED.fetch_add(text.matches('\n').count(), Ordering::Relaxed);
+            return text.chars().count();
+        }
         let mut lines = Vec::new();
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -275,16 +328,18 @@ impl LogStream {
     }
 }
 
-/// Replaces `sys.stdout` and `sys.stderr` with [`LogStream`]s.
-pub fn install(py: Python<'_>) -> PyResult<()> {
+/// Replaces `sys.stdout` and `sys.stderr` with [`LogStream`]s. `verbose`:
+/// gmond's debug level is above 1, so module debug lines are shown.
+pub fn install(py: Python<'_>, verbose: bool) -> PyResult<()> {
+    VERBOSE.store(verbose, Ordering::Relaxed);
     let sys = py.import("sys")?;
     sys.setattr(
         "stdout",
-        Py::new(py, LogStream::new("stdout", 1, Level::Info))?,
+        Py::new(py, LogStream::new("stdout", 1, Level::Info, true))?,
     )?;
     sys.setattr(
         "stderr",
-        Py::new(py, LogStream::new("stderr", 2, Level::Warn))?,
+        Py::new(py, LogStream::new("stderr", 2, Level::Warn, false))?,
     )?;
     Ok(())
 }
