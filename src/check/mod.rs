@@ -432,9 +432,7 @@ pub fn run(options: &Options) -> Report {
             timed: true,
         })
     });
-    report
-        .problems
-        .extend(diagnostics.into_iter().map(problem_of));
+    take_diagnostics(&mut report, diagnostics);
     report.python_version = python::python_version();
     let Started {
         mut engine,
@@ -492,12 +490,24 @@ pub fn run(options: &Options) -> Report {
         engine.cleanup();
         summaries
     });
-    report
-        .problems
-        .extend(diagnostics.into_iter().map(problem_of));
+    take_diagnostics(&mut report, diagnostics);
     report.problems.extend(summaries);
     drain_log(&mut report);
     report
+}
+
+/// Warnings and errors become problems; what gmond logs only at debug
+/// level 2 (each metric's own line behind a line about several metrics)
+/// goes with the host's other informational lines, shown with --verbose.
+fn take_diagnostics(report: &mut Report, diagnostics: Vec<loader::Diagnostic>) {
+    for d in diagnostics {
+        if d.level <= Level::Warn {
+            report.problems.push(problem_of(d));
+        } else {
+            let line = problem_of(d).line();
+            report.info.push(line);
+        }
+    }
 }
 
 fn problem_of(d: loader::Diagnostic) -> Problem {
