@@ -59,7 +59,8 @@ values, then every problem, as gmond would log it.
   --python-path D   the same as --set python_path=D (directories separated by ':')
   --debug N         gmond's debug level (default 0): module info and debug lines show above 1
   --json            machine-readable output
-  --verbose         also show the host's informational messages
+  --verbose         also show the host's informational messages, and each metric's own
+                    line behind a problem several metrics share
 
 Exit status: 0 no problem, 1 errors, 2 warnings only, 64 bad usage.";
 
