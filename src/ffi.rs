@@ -43,6 +43,9 @@ unsafe extern "C" {
     );
     pub fn apr_table_make(pool: *mut apr_pool_t, nelts: c_int) -> *mut apr_table_t;
     pub fn apr_table_add(table: *mut apr_table_t, key: *const c_char, val: *const c_char);
+    // APR's formatter: gmond prints metric values with it, so the checker
+    // and the format rule's tests use it too (it differs from libc's).
+    pub fn apr_snprintf(buf: *mut c_char, len: usize, format: *const c_char, ...) -> c_int;
 
     // libconfuse, for walking gmond's parsed configuration.
     pub fn cfg_getsec(cfg: *mut cfg_t, name: *const c_char) -> *mut cfg_t;

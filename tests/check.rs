@@ -920,3 +920,83 @@ fn module_info_lines_follow_the_debug_level() {
     }
     assert!(!run.has("not shown"), "{run}");
 }
+
+/// 40 uint metrics declaring '%d' (issue 15): one summary line among the
+/// problems, as gmond logs it; each metric's own line only with --verbose.
+const FORTY_D: &str = r#"
+def metric_init(params):
+    return [desc("qs_d_%02d" % i, lambda n: 7, format="%d") for i in range(40)]
+"#;
+
+#[test]
+fn a_correction_many_metrics_share_is_one_problem_and_verbose_shows_each() {
+    let (_tmp, pyconf, dir) = modules(
+        &[("qs_d", &pymod::module("check", FORTY_D))],
+        &pymod::pyconf(&[("qs_d", "")], &["^qs_d_"]),
+    );
+    let file = Path::new(&dir).join("qs_d.py");
+    let id = format!("module 'qs_d' ({})", file.display());
+    let summary = format!(
+        "warning: {id}: 40 metrics declare format '%d' for uint values (qs_d_00, qs_d_01, qs_d_02, …); \
+         printed with '%u' instead, since '%d' shows values from 2147483648 up as negative numbers \
+         (4294967295 as -1)"
+    );
+    let own = |i: usize| {
+        format!(
+            "  {id}: metric 'qs_d_{i:02}': format '%d' does not suit a uint metric: '%d' shows values \
+             from 2147483648 up as negative numbers (4294967295 as -1); using '%u'"
+        )
+    };
+    let problems = |run: &Run| -> Vec<String> {
+        run.stdout
+            .lines()
+            .filter(|l| l.starts_with("error: ") || l.starts_with("warning: "))
+            .map(str::to_owned)
+            .collect()
+    };
+
+    let run = check_pyconf(&pyconf, &dir, &[]);
+    assert_eq!(run.code, Some(2), "{run}");
+    assert_eq!(problems(&run), vec![summary.clone()], "{run}");
+    assert!(!run.has("metric 'qs_d_"), "{run}");
+    assert_eq!(run.values("qs_d_39"), vec!["7"], "{run}");
+
+    let run = check_pyconf(&pyconf, &dir, &["--verbose"]);
+    assert_eq!(run.code, Some(2), "{run}");
+    assert_eq!(problems(&run), vec![summary], "{run}");
+    for i in 0..40 {
+        let line = own(i);
+        assert_eq!(
+            run.stdout.lines().filter(|l| *l == line).count(),
+            1,
+            "{line:?} once in:\n{run}"
+        );
+    }
+    assert_eq!(run.stdout.matches("metric 'qs_d_").count(), 40, "{run}");
+}
+
+#[test]
+fn a_descriptor_returned_twice_is_a_warning_for_the_checker_too() {
+    let body =
+        "def metric_init(params):\n    d = desc('qs_twice', lambda n: 3)\n    return [d, d]\n";
+    let (_tmp, pyconf, dir) = modules(
+        &[("qs_twice", &pymod::module("check", body))],
+        &pymod::pyconf(&[("qs_twice", "")], &["^qs_twice"]),
+    );
+    let run = check_pyconf(&pyconf, &dir, &[]);
+    assert_eq!(run.code, Some(2), "{run}");
+    let file = Path::new(&dir).join("qs_twice.py");
+    assert_eq!(
+        run.stdout
+            .lines()
+            .filter(|l| l.starts_with("error: ") || l.starts_with("warning: "))
+            .collect::<Vec<_>>(),
+        vec![format!(
+            "warning: module 'qs_twice' ({}): metric 'qs_twice' is returned twice by metric_init, \
+             identically; the first is used",
+            file.display()
+        )],
+        "{run}"
+    );
+    assert_eq!(run.values("qs_twice"), vec!["3"], "{run}");
+}

@@ -58,7 +58,8 @@ values, then every problem, as gmond would log it.
   --python-path D   the same as --set python_path=D (directories separated by ':')
   --debug N         gmond's debug level (default 0): module debug lines show above 1
   --json            machine-readable output
-  --verbose         also show the host's informational messages
+  --verbose         also show the host's informational messages, and each metric's own
+                    line behind a problem several metrics share
 
 Exit status: 0 no problem, 1 errors, 2 warnings only, 64 bad usage.";
 
@@ -418,9 +419,7 @@ pub fn run(options: &Options) -> Report {
             timed: true,
         })
     });
-    report
-        .problems
-        .extend(diagnostics.into_iter().map(problem_of));
+    take_diagnostics(&mut report, diagnostics);
     report.python_version = python::python_version();
     let Started {
         mut engine,
@@ -478,12 +477,24 @@ pub fn run(options: &Options) -> Report {
         engine.cleanup();
         summaries
     });
-    report
-        .problems
-        .extend(diagnostics.into_iter().map(problem_of));
+    take_diagnostics(&mut report, diagnostics);
     report.problems.extend(summaries);
     drain_log(&mut report);
     report
+}
+
+/// Warnings and errors become problems; what gmond logs only at debug
+/// level 2 (each metric's own line behind a line about several metrics)
+/// goes with the host's other informational lines, shown with --verbose.
+fn take_diagnostics(report: &mut Report, diagnostics: Vec<loader::Diagnostic>) {
+    for d in diagnostics {
+        if d.level <= Level::Warn {
+            report.problems.push(problem_of(d));
+        } else {
+            let line = problem_of(d).line();
+            report.info.push(line);
+        }
+    }
 }
 
 fn problem_of(d: loader::Diagnostic) -> Problem {

@@ -8,8 +8,8 @@ use log::Level;
 
 use crate::descriptor::{self, ValueType};
 use crate::engine::Skip;
-use crate::gmond_config;
 use crate::value::Value;
+use crate::{ffi, gmond_config};
 
 /// How serious a problem is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -478,11 +478,11 @@ impl CallResult {
     }
 }
 
-/// A value as gmond prints it: the metric's format applied by C's snprintf.
-/// The format is checked here, whatever the caller passed: only a single
-/// conversion for the value's type reaches snprintf, or the type's default.
-/// [`descriptor::check_format`] allows only conversions APR's apr_snprintf
-/// (gmond's) and libc's print alike, so the text is gmond's.
+/// A value as gmond prints it: the metric's format applied by APR's
+/// apr_snprintf, gmond's formatter (its `%g`, or a `%.0u` of 0, differ from
+/// libc's). The format is checked here, whatever the caller passed: only
+/// one that [`descriptor::check_format`] keeps for the value's type reaches
+/// the formatter, or else the type's default.
 pub(super) fn gmond_text(value: &Value, format: &str) -> String {
     let value_type = match value {
         Value::Str(s) => return s.clone(),
@@ -501,19 +501,23 @@ pub(super) fn gmond_text(value: &Value, format: &str) -> String {
     let written = match value {
         Value::Str(_) => unreachable!("strings returned above"),
         // SAFETY: `format` passed check_format for a uint (or is the uint
-        // default): exactly one %u conversion and no other directive, so the
-        // single c_uint vararg is what it reads; snprintf never writes past
-        // `buf.len()`.
+        // default): one %u conversion (no size modifier, no '*') and no
+        // other directive, so the single c_uint vararg is all it reads;
+        // apr_snprintf never writes past `buf.len()` and ends with a NUL.
         Value::Uint(u) => unsafe {
-            libc::snprintf(ptr, buf.len(), fmt.as_ptr(), *u as libc::c_uint)
+            ffi::apr_snprintf(ptr, buf.len(), fmt.as_ptr(), *u as libc::c_uint)
         },
         // SAFETY: as above, one %d or %i conversion for the c_int.
-        Value::Int(i) => unsafe { libc::snprintf(ptr, buf.len(), fmt.as_ptr(), *i as libc::c_int) },
-        // SAFETY: as above, one real conversion; a float is promoted to
-        // double in varargs, as in gmond.
-        Value::Float(x) => unsafe { libc::snprintf(ptr, buf.len(), fmt.as_ptr(), f64::from(*x)) },
+        Value::Int(i) => unsafe {
+            ffi::apr_snprintf(ptr, buf.len(), fmt.as_ptr(), *i as libc::c_int)
+        },
+        // SAFETY: as above, one real conversion (APR reads a double for any
+        // size modifier); a float is promoted to double in varargs, as in gmond.
+        Value::Float(x) => unsafe {
+            ffi::apr_snprintf(ptr, buf.len(), fmt.as_ptr(), f64::from(*x))
+        },
         // SAFETY: as above, one real conversion for the double.
-        Value::Double(x) => unsafe { libc::snprintf(ptr, buf.len(), fmt.as_ptr(), *x) },
+        Value::Double(x) => unsafe { ffi::apr_snprintf(ptr, buf.len(), fmt.as_ptr(), *x) },
     };
     if written < 0 {
         return format!("{value:?}");

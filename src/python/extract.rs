@@ -6,7 +6,7 @@ use pyo3::types::{
     PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple,
 };
 
-use crate::descriptor::{Field, ValueType};
+use crate::descriptor::{Field, ValueType, Warning};
 use crate::value::{self, ConversionError, Returned, Value};
 
 /// What a metric callback returned, converted to the metric's type. A
@@ -154,9 +154,9 @@ fn field_at(obj: &Bound<'_, PyAny>, depth: usize) -> Field {
     )
 }
 
-/// A descriptor's (key, value) pairs in dict order, plus notes about keys
-/// that are not text and were read as their `str()`.
-pub fn descriptor_entries(dict: &Bound<'_, PyDict>) -> (Vec<(String, Field)>, Vec<String>) {
+/// A descriptor's (key, value) pairs in dict order, plus warnings about
+/// keys that are not text and were read as their `str()`.
+pub fn descriptor_entries(dict: &Bound<'_, PyDict>) -> (Vec<(String, Field)>, Vec<Warning>) {
     let mut entries = Vec::with_capacity(dict.len());
     let mut notes = Vec::new();
     for (key, value) in dict.iter() {
@@ -164,7 +164,11 @@ pub fn descriptor_entries(dict: &Bound<'_, PyDict>) -> (Vec<(String, Field)>, Ve
             Ok(s) => text_of(s),
             Err(_) => {
                 let text = key.str().map(|s| text_of(&s)).unwrap_or_default();
-                notes.push(format!("key {text:?} is not a str; using its text"));
+                notes.push(Warning::new(
+                    format!("key {text:?} is not a str; using its text"),
+                    format!("have a key {text:?} that is not a str"),
+                    "its text is used as the key",
+                ));
                 text
             }
         };

@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use super::{errors, extract};
-use crate::descriptor::{self, MetricDescriptor};
+use crate::descriptor::{self, MetricDescriptor, Reported, Warning};
 use crate::gmond_config::{ModuleBlock, Selection, select_block};
 use crate::settings::{self, CallMode, HostSettings, ModuleOverrides};
 use crate::{permissions, signals};
@@ -607,13 +607,256 @@ fn import_and_init(
         ));
     };
 
+    Ok((module_ref, metrics_of(py, id, &items)))
+}
+
+/// Checks every element of metric_init's result and reports what it found:
+/// errors at once, corrections at the end, one line for a correction that
+/// several metrics share (and each metric's own line at info level).
+fn metrics_of(py: Python<'_>, id: &ModuleRef, items: &[Bound<'_, PyAny>]) -> Vec<LoadedMetric> {
     let mut metrics = Vec::with_capacity(items.len());
+    let mut warnings: Vec<(String, Warning)> = Vec::new();
+    // Each registered name's first descriptor, and what later copies differ in.
+    let mut firsts: HashMap<String, Examined<'_>> = HashMap::new();
+    let mut copies: Vec<(String, Vec<Vec<String>>)> = Vec::new();
     for (index, item) in items.iter().enumerate() {
-        if let Some(metric) = descriptor_to_metric(py, id, index, item) {
-            metrics.push(metric);
+        let Some(examined) = examine(py, id, index, item) else {
+            continue;
+        };
+        let name = examined.checked.name.clone();
+        // A copy of a registered metric is not used, so neither its
+        // corrections nor its errors matter: only how it differs. (A copy
+        // of a refused descriptor is checked on its own: it may be the
+        // one that works.)
+        if let Some(first) = name.as_ref().and_then(|n| firsts.get(n)) {
+            let name = name.unwrap_or_default();
+            let at = match copies.iter().position(|(n, _)| *n == name) {
+                Some(at) => at,
+                None => {
+                    copies.push((name, Vec::new()));
+                    copies.len() - 1
+                }
+            };
+            let which = ordinal(copies[at].1.len() + 2);
+            copies[at].1.push(differences(first, &examined, &which));
+            continue;
+        }
+        let label = match &name {
+            Some(name) => format!("metric '{name}'"),
+            None => format!("descriptor {index}"),
+        };
+        for warning in examined.notes.iter().chain(&examined.checked.warnings) {
+            let warning = Warning {
+                message: format!("{label}: {}", warning.message),
+                ..warning.clone()
+            };
+            match &name {
+                Some(name) => warnings.push((name.clone(), warning)),
+                // Nothing to name it by in a line about several metrics.
+                None => report(log::Level::Warn, Some(id), None, warning.message),
+            }
+        }
+        let Some(descriptor) = examined.checked.result.clone() else {
+            let why = examined
+                .checked
+                .error
+                .clone()
+                .unwrap_or_else(|| "invalid descriptor".to_owned());
+            report(
+                log::Level::Error,
+                Some(id),
+                name.as_deref(),
+                format!("{label}: {why}; the metric is skipped"),
+            );
+            continue;
+        };
+        let Some(callback) = examined
+            .dict
+            .get_item(descriptor.callback_key.as_str())
+            .ok()
+            .flatten()
+        else {
+            continue;
+        };
+        let py_name = PyString::new(py, &descriptor.name).unbind();
+        firsts.insert(descriptor.name.clone(), examined);
+        metrics.push(LoadedMetric {
+            module: 0,
+            descriptor,
+            callback: callback.unbind(),
+            py_name,
+        });
+    }
+    for (name, found) in copies {
+        warnings.push((name.clone(), duplicate_warning(&name, &found)));
+    }
+    for reported in descriptor::group_warnings(warnings) {
+        match reported {
+            Reported::One { metric, message } => {
+                report(log::Level::Warn, Some(id), Some(&metric), message)
+            }
+            Reported::Many { line, each } => {
+                report(log::Level::Warn, Some(id), None, line);
+                for (metric, message) in each {
+                    report(log::Level::Info, Some(id), Some(&metric), message);
+                }
+            }
         }
     }
-    Ok((module_ref, metrics))
+    metrics
+}
+
+/// The warning for a metric metric_init returned more than once: `copies`
+/// holds, for each copy after the first, how it differs from the first.
+fn duplicate_warning(name: &str, copies: &[Vec<String>]) -> Warning {
+    let times = match copies.len() + 1 {
+        2 => "twice".to_owned(),
+        n => format!("{n} times"),
+    };
+    let differs: Vec<&String> = copies.iter().flatten().collect();
+    let how = if differs.is_empty() {
+        "identically".to_owned()
+    } else {
+        let differs: Vec<&str> = differs.iter().map(|d| d.as_str()).collect();
+        format!("differently: {}", differs.join(", "))
+    };
+    Warning::new(
+        format!("metric '{name}' is returned {times} by metric_init, {how}; the first is used"),
+        format!("are returned {times} by metric_init, {how}"),
+        "the first of each is used",
+    )
+}
+
+fn ordinal(n: usize) -> String {
+    match n {
+        2 => "the second".to_owned(),
+        3 => "the third".to_owned(),
+        n => format!("copy {n}"),
+    }
+}
+
+/// One element of metric_init's result, checked.
+struct Examined<'py> {
+    dict: Bound<'py, PyDict>,
+    entries: Vec<(String, descriptor::Field)>,
+    checked: descriptor::Checked,
+    /// Keys that are not text.
+    notes: Vec<Warning>,
+}
+
+/// How a later copy of a descriptor (`which`: "the second") differs from
+/// the first, one text per key ("'units' is 'B' in the first and 'KB' in
+/// the second"). Keys gmond knows match in any case, as in
+/// [`descriptor::check`]; extra keys are sent as written, so they must
+/// match exactly.
+fn differences(first: &Examined<'_>, copy: &Examined<'_>, which: &str) -> Vec<String> {
+    let key_of = |k: &str| -> String {
+        if descriptor::KNOWN_KEYS
+            .iter()
+            .any(|known| known.eq_ignore_ascii_case(k))
+        {
+            k.to_ascii_lowercase()
+        } else {
+            k.to_owned()
+        }
+    };
+    let mut keys: Vec<String> = Vec::new();
+    for (k, _) in first.entries.iter().chain(&copy.entries) {
+        let key = key_of(k);
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    let lookup = |e: &Examined<'_>, key: &str| -> Option<(String, descriptor::Field)> {
+        e.entries
+            .iter()
+            .find(|(k, _)| key_of(k) == key)
+            .map(|(k, v)| (k.clone(), v.clone()))
+    };
+    let mut found = Vec::new();
+    for key in keys {
+        let (a, b) = (lookup(first, &key), lookup(copy, &key));
+        let same = match (&a, &b) {
+            (Some((ka, fa)), Some((kb, fb))) => match (fa, fb) {
+                (descriptor::Field::Callable, descriptor::Field::Callable) => same_callable(
+                    item(&first.dict, ka).as_ref(),
+                    item(&copy.dict, kb).as_ref(),
+                ),
+                _ => fa.same_as(fb),
+            },
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            continue;
+        }
+        let shown = |e: &Examined<'_>, v: &Option<(String, descriptor::Field)>| match v {
+            None => "missing".to_owned(),
+            Some((k, descriptor::Field::Callable)) => callable_name(item(&e.dict, k).as_ref()),
+            Some((_, field)) => field.shown(),
+        };
+        found.push(format!(
+            "'{key}' is {} in the first and {} in {which}",
+            shown(first, &a),
+            shown(copy, &b)
+        ));
+    }
+    found
+}
+
+fn item<'py>(dict: &Bound<'py, PyDict>, key: &str) -> Option<Bound<'py, PyAny>> {
+    dict.get_item(key).ok().flatten()
+}
+
+/// The same function, or the same method of the same object (each
+/// `obj.method` is a new object, equal but not identical).
+fn same_callable<'py>(a: Option<&Bound<'py, PyAny>>, b: Option<&Bound<'py, PyAny>>) -> bool {
+    let (Some(a), Some(b)) = (a, b) else {
+        return false;
+    };
+    if a.is(b) {
+        return true;
+    }
+    let is_method = |c: &Bound<'_, PyAny>| {
+        c.py()
+            .import("types")
+            .and_then(|t| t.getattr("MethodType"))
+            .and_then(|t| c.is_instance(&t))
+            .unwrap_or(false)
+    };
+    if !is_method(a) || !is_method(b) {
+        return false;
+    }
+    let part = |m: &Bound<'py, PyAny>, name: &str| m.getattr(name).ok();
+    match (
+        part(a, "__func__"),
+        part(b, "__func__"),
+        part(a, "__self__"),
+        part(b, "__self__"),
+    ) {
+        (Some(fa), Some(fb), Some(sa), Some(sb)) => fa.is(&fb) && sa.is(&sb),
+        _ => false,
+    }
+}
+
+/// A callable as a message names it: its type and qualified name
+/// ("function read", "method Sampler.read"), or its type.
+fn callable_name(callable: Option<&Bound<'_, PyAny>>) -> String {
+    let Some(callable) = callable else {
+        return "a callable".to_owned();
+    };
+    let kind = callable
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "callable".to_owned());
+    match callable
+        .getattr("__qualname__")
+        .and_then(|n| n.extract::<String>())
+    {
+        Ok(name) => format!("{kind} {name}"),
+        Err(_) => format!("a {kind}"),
+    }
 }
 
 /// A module named like a standard-library or installed module would import
@@ -667,13 +910,14 @@ fn same_dir(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Checks one element of metric_init's result and pairs it with its callback.
-fn descriptor_to_metric(
-    py: Python<'_>,
+/// Checks one element of metric_init's result; `None` (reported) when it
+/// is no mapping at all.
+fn examine<'py>(
+    py: Python<'py>,
     id: &ModuleRef,
     index: usize,
-    item: &Bound<'_, PyAny>,
-) -> Option<LoadedMetric> {
+    item: &Bound<'py, PyAny>,
+) -> Option<Examined<'py>> {
     let dict = match item.cast::<PyDict>() {
         Ok(d) => d.clone(),
         Err(_) => {
@@ -714,40 +958,11 @@ fn descriptor_to_metric(
     };
     let (entries, notes) = extract::descriptor_entries(&dict);
     let checked = descriptor::check(&entries);
-    let label = match &checked.name {
-        Some(name) => format!("metric '{name}'"),
-        None => format!("descriptor {index}"),
-    };
-    for note in notes.iter().chain(&checked.warnings) {
-        report(
-            log::Level::Warn,
-            Some(id),
-            checked.name.as_deref(),
-            format!("{label}: {note}"),
-        );
-    }
-    let Some(descriptor) = checked.result else {
-        let why = checked
-            .error
-            .unwrap_or_else(|| "invalid descriptor".to_owned());
-        report(
-            log::Level::Error,
-            Some(id),
-            checked.name.as_deref(),
-            format!("{label}: {why}; the metric is skipped"),
-        );
-        return None;
-    };
-    let callback = dict
-        .get_item(descriptor.callback_key.as_str())
-        .ok()
-        .flatten()?;
-    let py_name = PyString::new(py, &descriptor.name).unbind();
-    Some(LoadedMetric {
-        module: 0,
-        descriptor,
-        callback: callback.unbind(),
-        py_name,
+    Some(Examined {
+        dict,
+        entries,
+        checked,
+        notes,
     })
 }
 
