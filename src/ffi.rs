@@ -71,10 +71,11 @@ unsafe extern "C" {
 
     // For the tools: gmond's own config parser (libganglia; the result is a
     // `cfg_t*` of gmond's schema, `Ganglia_gmond_config` in ganglia.h; it
-    // exits the process on a parse error), which needs APR initialised.
+    // exits the process on a parse error), which needs APR initialised:
+    // libganglia's pool constructor initialises it first.
     pub fn Ganglia_gmond_config_create(
         path: *mut c_char,
         fallback_to_default: c_int,
     ) -> *mut c_void;
-    pub fn apr_initialize() -> c_int;
+    pub fn Ganglia_pool_create(parent: *mut c_void) -> *mut c_void;
 }

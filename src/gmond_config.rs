@@ -472,10 +472,15 @@ pub fn try_parse(path: &Path) -> Result<ParserVerdict, String> {
         ));
     }
     let c_path = c_string(&path.display().to_string());
+    // The parser needs APR initialised. libganglia's pool constructor does
+    // that (as in gmond), so the tools link no APR function of their own:
+    // the Debian package's Depends then names libapr1 once, with the .so's
+    // version (cargo-deb lists each binary's dependencies separately).
     static APR: std::sync::Once = std::sync::Once::new();
-    // SAFETY: apr_initialize has no preconditions; Once makes it run once.
+    // SAFETY: Ganglia_pool_create takes a parent pool or null and has no
+    // other precondition; Once makes it run once, and the pool is kept.
     APR.call_once(|| unsafe {
-        ffi::apr_initialize();
+        ffi::Ganglia_pool_create(std::ptr::null_mut());
     });
 
     let mut fds = [0 as libc::c_int; 2];
