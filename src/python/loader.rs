@@ -446,14 +446,18 @@ fn report_block_problems(files: &[PythonFile], blocks: &[ModuleBlock], shadowed:
                 ),
             );
         }
-        let loaded_by = used
-            .map(|b| {
+        // What happens to the file, and what to do about the block: fix its
+        // language, or, when another block loads the module, remove it.
+        let (outcome, fix) = match used {
+            Some(b) => (
                 format!(
                     "the module is loaded with the block {}",
                     block_place(blocks, b)
-                )
-            })
-            .unwrap_or_else(|| format!("{}.py is not loaded", file.stem));
+                ),
+                "remove it",
+            ),
+            None => (format!("{}.py is not loaded", file.stem), ""),
+        };
         for block in blocks.iter().filter(|b| {
             b.enabled
                 && !b.is_python()
@@ -469,8 +473,13 @@ fn report_block_problems(files: &[PythonFile], blocks: &[ModuleBlock], shadowed:
                     Some(&id),
                     None,
                     format!(
-                        "the module block {} names this module but has language = \"{language}\", not \"python\", so it is ignored; {loaded_by} (write language = \"python\")",
-                        block_place(blocks, block)
+                        "the module block {} names this module but has language = \"{language}\", not \"python\", so it is ignored; {outcome} ({})",
+                        block_place(blocks, block),
+                        if fix.is_empty() {
+                            "write language = \"python\""
+                        } else {
+                            fix
+                        }
                     ),
                 ),
                 // With a path it is a C module that shares the name.
@@ -480,8 +489,13 @@ fn report_block_problems(files: &[PythonFile], blocks: &[ModuleBlock], shadowed:
                     Some(&id),
                     None,
                     format!(
-                        "the module block {} names this module but has no language, so gmond takes it for a C module, and a C module block without a path makes Debian 12's gmond 3.7.2 crash at start; {loaded_by} (add language = \"python\")",
-                        block_place(blocks, block)
+                        "the module block {} names this module but has no language, so gmond takes it for a C module, and a C module block without a path makes Debian 12's gmond 3.7.2 crash at start; {outcome} ({})",
+                        block_place(blocks, block),
+                        if fix.is_empty() {
+                            "add language = \"python\""
+                        } else {
+                            fix
+                        }
                     ),
                 ),
             }
