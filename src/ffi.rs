@@ -17,6 +17,20 @@ include!(concat!(env!("OUT_DIR"), "/gmond_abi.rs"));
 /// libconfuse's boolean (`cfg_bool_t`), a 4-byte enum: 0 false, 1 true.
 pub type cfg_bool_t = c_uint;
 
+/// The leading fields of libconfuse 3.x's `struct cfg_t` (confuse.h), up
+/// to `line`; the rest of the struct is not needed. Only valid for
+/// libconfuse 3 (checked with `confuse_version` before use).
+#[repr(C)]
+pub struct CfgHead {
+    pub flags: c_int,
+    pub name: *mut c_char,
+    pub comment: *mut c_char,
+    pub opts: *mut c_void,
+    pub title: *mut c_char,
+    pub filename: *mut c_char,
+    pub line: c_int,
+}
+
 /// An APR table (`apr_table_t`); opaque, we only add entries to it.
 #[repr(C)]
 pub struct apr_table_t {
@@ -54,13 +68,17 @@ unsafe extern "C" {
     pub fn cfg_getstr(cfg: *mut cfg_t, name: *const c_char) -> *mut c_char;
     pub fn cfg_getbool(cfg: *mut cfg_t, name: *const c_char) -> cfg_bool_t;
     pub fn cfg_title(cfg: *mut cfg_t) -> *const c_char;
+    pub fn cfg_name(cfg: *mut cfg_t) -> *const c_char;
+    /// libconfuse's version string, e.g. "3.3" (a char array).
+    pub static confuse_version: c_char;
 
     // For the tools: gmond's own config parser (libganglia; the result is a
     // `cfg_t*` of gmond's schema, `Ganglia_gmond_config` in ganglia.h; it
-    // exits the process on a parse error), which needs APR initialised.
+    // exits the process on a parse error), which needs APR initialised:
+    // libganglia's pool constructor initialises it first.
     pub fn Ganglia_gmond_config_create(
         path: *mut c_char,
         fallback_to_default: c_int,
     ) -> *mut c_void;
-    pub fn apr_initialize() -> c_int;
+    pub fn Ganglia_pool_create(parent: *mut c_void) -> *mut c_void;
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use libc::c_char;
 
+use crate::config_files::{self, Origin};
 use crate::ffi;
 
 /// One `param NAME { value = … }`. `value` is `None` when the block has none.
@@ -20,12 +21,17 @@ pub struct Param {
 }
 
 /// One `module { … }` block of the merged `modules` section.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ModuleBlock {
     pub name: Option<String>,
     pub language: Option<String>,
     pub enabled: bool,
+    /// `path`: a C module's shared object (Python blocks have none).
+    pub path: Option<String>,
     pub params: Vec<Param>,
+    /// Where the block was written, when the configuration's files could be
+    /// read again and matched to the parsed blocks ([`config_files::locate`]).
+    pub origin: Option<Origin>,
 }
 
 impl ModuleBlock {
@@ -107,7 +113,8 @@ fn owned(ptr: *const c_char) -> Option<String> {
     )
 }
 
-/// Reads every `modules { module { … } }` block of gmond's parsed config.
+/// Reads every `modules { module { … } }` block of gmond's parsed config,
+/// with the file and line each was written at when they can be found.
 ///
 /// # Safety
 /// `config` must be the `cfg_t*` gmond stored in `mmodule.config_file`
@@ -124,14 +131,47 @@ pub unsafe fn read_module_blocks(config: *mut ffi::cfg_t) -> Vec<ModuleBlock> {
     }
     // SAFETY: `modules` is a live section with a "module" sub-section list.
     let count = unsafe { ffi::cfg_size(modules, c"module".as_ptr()) };
-    (0..count)
+    let mut blocks: Vec<ModuleBlock> = (0..count)
         .filter_map(|i| {
             // SAFETY: i < cfg_size, so libconfuse returns a live section.
             let block = unsafe { ffi::cfg_getnsec(modules, c"module".as_ptr(), i) };
             // SAFETY: `block` is a live module section from gmond's schema.
             (!block.is_null()).then(|| unsafe { read_block(block) })
         })
-        .collect()
+        .collect();
+    // SAFETY: `config` is the live root section, per the contract.
+    if let Some(main) = unsafe { config_file_name(config) } {
+        config_files::locate(&main, &mut blocks);
+    }
+    blocks
+}
+
+/// The file libconfuse parsed `config` from: the `-c` file for gmond's
+/// configuration, as gmond was given it. libconfuse has no accessor for it,
+/// so it is read from `struct cfg_t`, whose leading fields are stable
+/// across libconfuse 3.x; the version is checked, and the layout is checked
+/// against the `name` field that `cfg_name()` returns. `None` for another
+/// libconfuse, or a configuration parsed from memory (gmond's built-in one).
+///
+/// # Safety
+/// `config` must be null or a live `cfg_t*` (any section).
+pub unsafe fn config_file_name(config: *mut ffi::cfg_t) -> Option<PathBuf> {
+    if config.is_null() {
+        return None;
+    }
+    // SAFETY: confuse_version is a NUL-terminated string constant of the
+    // libconfuse gmond and we are linked with.
+    let version = unsafe { CStr::from_ptr((&raw const ffi::confuse_version).cast()) };
+    if !version.to_bytes().starts_with(b"3.") {
+        return None;
+    }
+    // SAFETY: in libconfuse 3.x a cfg_t begins with the fields of CfgHead
+    // (confuse.h), and `config` is live; cfg_name only reads the section.
+    let (head, name) = unsafe { (&*(config as *const ffi::CfgHead), ffi::cfg_name(config)) };
+    if head.name.cast_const() != name {
+        return None;
+    }
+    owned(head.filename).map(PathBuf::from)
 }
 
 /// # Safety
@@ -170,7 +210,9 @@ unsafe fn read_block(block: *mut ffi::cfg_t) -> ModuleBlock {
         name: text(c"name"),
         language: text(c"language"),
         enabled,
+        path: text(c"path"),
         params,
+        origin: None,
     }
 }
 
@@ -376,15 +418,48 @@ impl ParsedConfig {
 /// relative to the working directory, as for gmond.
 ///
 /// libganglia exits the process on a parse error, so the file is parsed
-/// first in a forked child, whose error output becomes the `Err`. A forked
-/// child of a multi-threaded process may deadlock on a lock (malloc, stdio)
-/// another thread held, so this refuses to run unless the process has a
-/// single thread: call it before starting threads (the tools do, first thing).
+/// first in a forked child ([`try_parse`]), whose error output becomes the
+/// `Err`. Call it before starting threads, as [`try_parse`] requires.
 pub fn parse_config_file(path: &Path) -> Result<ParsedConfig, String> {
+    std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if let ParserVerdict::Rejected(output) = try_parse(path)? {
+        let output = output.trim();
+        return Err(format!(
+            "gmond's parser rejects {}: {}",
+            path.display(),
+            if output.is_empty() {
+                "no message"
+            } else {
+                output
+            }
+        ));
+    }
+    let c_path = c_string(&path.display().to_string());
+    // SAFETY: the same call succeeded in the child, so it returns here too;
+    // the result is a `cfg_t*` of gmond's schema (ganglia.h hides the type).
+    let config =
+        unsafe { ffi::Ganglia_gmond_config_create(c_path.as_ptr() as *mut libc::c_char, 0) };
+    Ok(ParsedConfig(config as *mut ffi::cfg_t))
+}
+
+/// What gmond's parser made of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParserVerdict {
+    Accepted,
+    /// What the parser printed before gmond would have exited.
+    Rejected(String),
+}
+
+/// Parses `path` with libganglia's parser in a forked child, because the
+/// parser exits the process on an error; `Err` when the child cannot be
+/// run. A forked child of a multi-threaded process may deadlock on a lock
+/// (malloc, stdio) another thread held, so this refuses to run unless the
+/// process has a single thread: call it before starting threads (the tools
+/// do, first thing).
+pub fn try_parse(path: &Path) -> Result<ParserVerdict, String> {
     use std::io::Read;
     use std::os::fd::FromRawFd;
 
-    std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     // Only this thread could start another one, so the count cannot go up
     // between this check and the fork.
     let threads = std::fs::read_dir("/proc/self/task")
@@ -397,10 +472,15 @@ pub fn parse_config_file(path: &Path) -> Result<ParsedConfig, String> {
         ));
     }
     let c_path = c_string(&path.display().to_string());
+    // The parser needs APR initialised. libganglia's pool constructor does
+    // that (as in gmond), so the tools link no APR function of their own:
+    // the Debian package's Depends then names libapr1 once, with the .so's
+    // version (cargo-deb lists each binary's dependencies separately).
     static APR: std::sync::Once = std::sync::Once::new();
-    // SAFETY: apr_initialize has no preconditions; Once makes it run once.
+    // SAFETY: Ganglia_pool_create takes a parent pool or null and has no
+    // other precondition; Once makes it run once, and the pool is kept.
     APR.call_once(|| unsafe {
-        ffi::apr_initialize();
+        ffi::Ganglia_pool_create(std::ptr::null_mut());
     });
 
     let mut fds = [0 as libc::c_int; 2];
@@ -436,23 +516,13 @@ pub fn parse_config_file(path: &Path) -> Result<ParsedConfig, String> {
     let mut status: libc::c_int = 0;
     // SAFETY: waiting for the child we forked.
     unsafe { libc::waitpid(pid, &mut status, 0) };
-    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
-        let output = output.trim();
-        return Err(format!(
-            "gmond's parser rejects {}: {}",
-            path.display(),
-            if output.is_empty() {
-                "no message"
-            } else {
-                output
-            }
-        ));
-    }
-    // SAFETY: the same call succeeded in the child, so it returns here too;
-    // the result is a `cfg_t*` of gmond's schema (ganglia.h hides the type).
-    let config =
-        unsafe { ffi::Ganglia_gmond_config_create(c_path.as_ptr() as *mut libc::c_char, 0) };
-    Ok(ParsedConfig(config as *mut ffi::cfg_t))
+    Ok(
+        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+            ParserVerdict::Accepted
+        } else {
+            ParserVerdict::Rejected(output)
+        },
+    )
 }
 
 #[cfg(test)]
@@ -468,6 +538,7 @@ mod tests {
                 name: "which".into(),
                 value: Some(value.into()),
             }],
+            ..ModuleBlock::default()
         }
     }
 

@@ -13,6 +13,7 @@
 //! | [`engine`] | how calls are made, for the host and `modpython-check` alike: start-up, batches, protected (worker) and inline calls, deadlines, stuck calls, the GIL, back-off, cleanup |
 //! | [`collection`] | which metrics gmond collects together: `collection_group` entries matched as gmond does (its libpcre, in [`collection::pcre`]) |
 //! | [`gmond_config`] | gmond's parsed config: `module { … }` blocks, `param`s, collection-group entries, which block a `.py` file gets |
+//! | [`config_files`] | the files behind that config: gmond's `include` rules, the file and line of each module block, where a parse error is |
 //! | [`gmond_log`] | `log` → gmond's `err_msg` / `debug_msg` |
 //! | [`python`] | the embedded interpreter: start-up, module loading, `ganglia` module, exceptions, the inline deadline signal |
 //! | [`cycles`] | cheap clocks for the call path |
@@ -28,6 +29,7 @@
 
 pub mod check;
 pub mod collection;
+pub mod config_files;
 pub mod cycles;
 pub mod descriptor;
 pub mod engine;

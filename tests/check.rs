@@ -1000,3 +1000,81 @@ fn a_descriptor_returned_twice_is_a_warning_for_the_checker_too() {
     );
     assert_eq!(run.values("qs_twice"), vec!["3"], "{run}");
 }
+
+#[test]
+fn a_block_with_a_misspelt_language_is_a_warning_not_ok() {
+    let one = format!(
+        "{DESCRIPTOR}\ndef metric_init(params):\n    return [d('{{}}_one', lambda n: 1)]\n"
+    );
+    let (tmp, pyconf, dir) = modules(
+        &[
+            ("typo", &one.replace("{}", "typo")),
+            ("fine", &one.replace("{}", "fine")),
+        ],
+        "modules {\n  module {\n    name = \"typo\"\n    language = \"pyhton\"\n  }\n  \
+         module {\n    name = \"fine\"\n    language = \"python\"\n  }\n}\n\
+         collection_group { collect_every = 10 time_threshold = 60 metric { name_match = \"_one$\" } }\n",
+    );
+    let run = check_pyconf(&pyconf, &dir, &[]);
+    assert_eq!(run.code, Some(2), "{run}");
+    let warning = format!(
+        "warning: module 'typo' ({}): the module block at {pyconf}:2 names this module but has \
+         language = \"pyhton\", not \"python\", so it is ignored; typo.py is not loaded \
+         (write language = \"python\")",
+        tmp.path().join("typo.py").display()
+    );
+    assert_eq!(
+        run.stdout.lines().filter(|l| *l == warning).count(),
+        1,
+        "expected once: {warning:?}\n{run}"
+    );
+    run.assert_has("WARNINGS: 1 warning(s)");
+    assert_eq!(run.values("fine_one"), vec!["1"], "{run}");
+}
+
+#[test]
+fn a_misspelt_option_in_an_included_pyconf_is_named_with_its_file_and_line() {
+    let tmp = TempDir::new();
+    let confd = tmp.path().join("conf.d");
+    std::fs::create_dir(&confd).unwrap();
+    let modules = tmp.path().join("modules");
+    std::fs::create_dir(&modules).unwrap();
+    std::fs::write(
+        confd.join("good.pyconf"),
+        "modules {\n  module {\n    name = \"good\"\n    language = \"python\"\n  }\n}\n",
+    )
+    .unwrap();
+    let bad = confd.join("bad.pyconf");
+    std::fs::write(
+        &bad,
+        "/* the option in the param is misspelt */\nmodules {\n  module {\n    \
+         name = \"bad\"\n    language = \"python\"\n    param which { vaule = \"x\" }\n  }\n}\n",
+    )
+    .unwrap();
+    let conf = tmp.path().join("gmond.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "globals {{\n  daemonize = no\n}}\nmodules {{\n  module {{\n    name = \"python_module\"\n    \
+             path = \"{}\"\n    params = \"{}\"\n  }}\n}}\ninclude ('{}/*.pyconf')\n",
+            common::modpython_so().display(),
+            modules.display(),
+            confd.display()
+        ),
+    )
+    .unwrap();
+    let run = check(&["--conf", conf.to_str().unwrap()]);
+    assert_eq!(run.code, Some(1), "{run}");
+    let error = format!(
+        "error: gmond's parser rejects {}: {}:6: no such option 'vaule' \
+         (line 6 reads: param which {{ vaule = \"x\" }})",
+        conf.display(),
+        bad.display()
+    );
+    assert_eq!(
+        run.stdout.lines().filter(|l| *l == error).count(),
+        1,
+        "expected once: {error:?}\n{run}"
+    );
+    run.assert_has("FAILED: 1 error(s), 0 warning(s)");
+}

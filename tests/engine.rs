@@ -134,6 +134,7 @@ fn start(
             language: Some("python".into()),
             enabled: true,
             params,
+            ..ModuleBlock::default()
         });
     }
     let settings = HostSettings {

@@ -191,6 +191,40 @@ fn check_contents(deb: &Path, tmp: &Path) {
     for want in ["ganglia-monitor (>= 3.7.2)", "libpython3"] {
         assert!(depends.contains(want), "Depends lacks {want}: {depends}");
     }
+    // cargo-deb's $auto lists each binary's library dependencies on its own,
+    // so two binaries needing different versions of one library would name
+    // it twice (libapr1 did): each package once, at the version that the
+    // binaries together need.
+    let mut seen = BTreeSet::new();
+    let twice: Vec<&str> = depends
+        .split([',', '|'])
+        .filter_map(|d| d.split([' ', '(', ':']).find(|w| !w.is_empty()))
+        .filter(|name| !seen.insert(*name))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "Depends names {twice:?} more than once: {depends}"
+    );
+    let unpacked = tmp.join("unpacked");
+    run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&unpacked));
+    let shlibs_dir = tmp.join("shlibdeps");
+    std::fs::create_dir_all(shlibs_dir.join("debian")).expect("mkdir shlibdeps/debian");
+    std::fs::write(shlibs_dir.join("debian/control"), "").expect("write debian/control");
+    let together = run(Command::new("dpkg-shlibdeps")
+        .args(["-O", "-xlibgcc"])
+        .arg(unpacked.join(SO.trim_start_matches('/')))
+        .arg(unpacked.join(CHECK_BIN.trim_start_matches('/')))
+        .current_dir(&shlibs_dir));
+    let needed = together
+        .lines()
+        .find_map(|l| l.strip_prefix("shlibs:Depends="))
+        .unwrap_or_else(|| panic!("no shlibs:Depends from dpkg-shlibdeps:\n{together}"));
+    for want in needed.split(',').map(str::trim) {
+        assert!(
+            depends.split(',').any(|d| d.trim() == want),
+            "Depends lacks {want} (dpkg-shlibdeps for both binaries: {needed}): {depends}"
+        );
+    }
     for field in ["Provides", "Replaces", "Conflicts"] {
         assert_eq!(deb_field(deb, field), "ganglia-monitor-python", "{field}");
     }

@@ -1,9 +1,12 @@
 """background_thread: collect in a thread, let handlers only read.
 
-gmond calls handlers one after another on its main thread; a slow handler
-delays every other metric (and gmond's network processing).  When sampling
-is slow or must run on its own schedule, do it in a daemon thread and make
-the handlers return the latest sample, which costs nothing.
+gmond calls handlers one after another and waits for each: in modpython's
+default (protected) mode the call runs on the host's worker thread and
+gmond's main thread waits for it (at most call_timeout); in inline mode it
+runs on gmond's main thread.  Either way a slow handler delays every other
+metric (and gmond's network processing).  When sampling is slow or must run
+on its own schedule, do it in a daemon thread and make the handlers return
+the latest sample, which costs nothing.
 
 * The sampler thread wakes every `interval` seconds (param, default 2).
 * Each sample reads /proc/loadavg and times os.stat() of `probe_path`

@@ -27,6 +27,7 @@ pub use report::{CallResult, MetricReport, OutputLine, Problem, Report, Severity
 
 use crate::collection::Plan;
 
+use crate::config_files;
 use crate::engine::call::{Failed, Outcome};
 use crate::engine::{Engine, Observer, Skip, StartInput, Started};
 use crate::gmond_config::{self, CollectedMetric, ModuleBlock, Param, Selection, select_block};
@@ -295,7 +296,7 @@ fn read_setup(options: &Options, report: &mut Report) -> Option<Setup> {
             let parsed = match gmond_config::parse_config_file(conf) {
                 Ok(p) => p,
                 Err(e) => {
-                    report.error(e);
+                    report.error(with_location(conf, e));
                     return None;
                 }
             };
@@ -337,7 +338,7 @@ fn read_setup(options: &Options, report: &mut Report) -> Option<Setup> {
             let parsed = match gmond_config::parse_config_file(pyconf) {
                 Ok(p) => p,
                 Err(e) => {
-                    report.error(e);
+                    report.error(with_location(pyconf, e));
                     return None;
                 }
             };
@@ -366,6 +367,23 @@ fn read_setup(options: &Options, report: &mut Report) -> Option<Setup> {
     }
 }
 
+/// gmond's parser's refusal of `conf`, with the file and line it stops at
+/// when they can be found: libconfuse names neither for an error inside a
+/// section, and gmond says only "Parse error for '<the -c file>'".
+fn with_location(conf: &Path, error: String) -> String {
+    match config_files::locate_parse_error(conf) {
+        Some(found) => format!(
+            "gmond's parser rejects {}: {}: {} (line {} reads: {})",
+            conf.display(),
+            found.origin,
+            found.message,
+            found.origin.line,
+            found.text
+        ),
+        None => error,
+    }
+}
+
 /// Runs the whole check. Installs nothing: call [`install_collector`] first
 /// to capture log output (the binary does). Must run on the process's main
 /// thread, as gmond's `init` does: inline calls and their deadlines
@@ -386,9 +404,14 @@ pub fn run(options: &Options) -> Report {
                 ));
             }
         }
-        setup
-            .blocks
-            .retain(|b| options.modules.iter().any(|wanted| b.names(wanted)));
+        // Blocks of another language stay, for the loader's warning about them.
+        setup.blocks.retain(|b| {
+            options.modules.iter().any(|wanted| {
+                b.name
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(wanted))
+            })
+        });
     }
 
     // The configuration's host settings, then the command line's.

@@ -165,6 +165,8 @@ pub fn load_all(
             dir.display()
         )
     })?;
+    let shadowed = case_twins(&files, blocks);
+    report_block_problems(&files, blocks, &shadowed);
     // The directory is one unit of trust: any module can import any file in
     // it (helpers, and the bytecode Python caches in __pycache__), as root.
     // Configured module files are checked one by one below.
@@ -273,7 +275,6 @@ pub fn load_all(
 
     let mut loaded = Loaded::default();
     let mut owners: HashMap<String, ModuleRef> = HashMap::new();
-    let shadowed = case_twins(&files, blocks);
     for file in &files {
         let block = match select_block(blocks, &file.stem) {
             Selection::Enabled(_) if shadowed.contains(&file.path) => continue,
@@ -382,6 +383,145 @@ pub fn load_all(
         }
     }
     Ok(loaded)
+}
+
+/// Where a block was written, for messages: "at FILE:LINE", or its place
+/// among gmond's module blocks when its file is not known.
+fn block_place(blocks: &[ModuleBlock], block: &ModuleBlock) -> String {
+    match &block.origin {
+        Some(origin) => format!("at {origin}"),
+        None => format!("#{} of gmond's configuration", block_number(blocks, block)),
+    }
+}
+
+fn block_number(blocks: &[ModuleBlock], block: &ModuleBlock) -> usize {
+    blocks
+        .iter()
+        .position(|b| std::ptr::eq(b, block))
+        .map_or(0, |i| i + 1)
+}
+
+/// Several blocks' places: "at A and B", or "#1 and #3 of gmond's
+/// configuration" when a file is not known.
+fn block_places(blocks: &[ModuleBlock], some: &[&ModuleBlock]) -> String {
+    let origins: Option<Vec<String>> = some
+        .iter()
+        .map(|b| b.origin.as_ref().map(ToString::to_string))
+        .collect();
+    match origins {
+        Some(origins) => format!("at {}", in_words(&origins)),
+        None => {
+            let numbers: Vec<String> = some
+                .iter()
+                .map(|b| format!("#{}", block_number(blocks, b)))
+                .collect();
+            format!("{} of gmond's configuration", in_words(&numbers))
+        }
+    }
+}
+
+/// "A, B and C".
+fn in_words(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// Reports module blocks that do not do what they seem to: two or more
+/// Python blocks for one module (only the first enabled one is used), and
+/// blocks naming a module file whose `language` is not "python" (so the
+/// host ignores them, and gmond too, or takes them for a C module).
+fn report_block_problems(files: &[PythonFile], blocks: &[ModuleBlock], shadowed: &[PathBuf]) {
+    // A file left alone for its case twin (see case_twins) is not loaded:
+    // its twin gets the messages.
+    for file in files.iter().filter(|f| !shadowed.contains(&f.path)) {
+        let id = ModuleRef {
+            name: file.stem.clone(),
+            path: file.path.clone(),
+        };
+        let python: Vec<&ModuleBlock> = blocks.iter().filter(|b| b.names(&file.stem)).collect();
+        let used = match select_block(blocks, &file.stem) {
+            Selection::Enabled(block) => Some(block),
+            _ => None,
+        };
+        if let (Some(used), true) = (used, python.len() > 1) {
+            let count = match python.len() {
+                2 => "twice".to_owned(),
+                n => format!("{n} times"),
+            };
+            let others = if python.len() == 2 {
+                "the other block is ignored (remove it)"
+            } else {
+                "the other blocks are ignored (remove them)"
+            };
+            report(
+                log::Level::Warn,
+                Some(&id),
+                None,
+                format!(
+                    "configured {count}, by the module blocks {}; the module is loaded once, with the params of the block {}, and {others}",
+                    block_places(blocks, &python),
+                    block_place(blocks, used)
+                ),
+            );
+        }
+        // What happens to the file, and what to do about the block: fix its
+        // language, or, when another block loads the module, remove it.
+        let (outcome, fix) = match used {
+            Some(b) => (
+                format!(
+                    "the module is loaded with the block {}",
+                    block_place(blocks, b)
+                ),
+                "remove it",
+            ),
+            None => (format!("{}.py is not loaded", file.stem), ""),
+        };
+        for block in blocks.iter().filter(|b| {
+            b.enabled
+                && !b.is_python()
+                && b.name
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(&file.stem))
+        }) {
+            match block.language.as_deref() {
+                // gmond's own language for C modules: a C module of that name.
+                Some(l) if l.eq_ignore_ascii_case("C/C++") => {}
+                Some(language) => report(
+                    log::Level::Warn,
+                    Some(&id),
+                    None,
+                    format!(
+                        "the module block {} names this module but has language = \"{language}\", not \"python\", so it is ignored; {outcome} ({})",
+                        block_place(blocks, block),
+                        if fix.is_empty() {
+                            "write language = \"python\""
+                        } else {
+                            fix
+                        }
+                    ),
+                ),
+                // With a path it is a C module that shares the name.
+                None if block.path.is_some() => {}
+                None => report(
+                    log::Level::Error,
+                    Some(&id),
+                    None,
+                    format!(
+                        "the module block {} names this module but has no language, so gmond takes it for a C module, and a C module block without a path makes Debian 12's gmond 3.7.2 crash at start; {outcome} ({})",
+                        block_place(blocks, block),
+                        if fix.is_empty() {
+                            "add language = \"python\""
+                        } else {
+                            fix
+                        }
+                    ),
+                ),
+            }
+        }
+    }
 }
 
 /// Adds a virtualenv's site-packages (with its `.pth` files) to `sys.path`,
