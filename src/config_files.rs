@@ -18,24 +18,9 @@
 //! ([`gmond_config::try_parse`]), and [`locate_parse_error`] asks it.
 
 use std::ffi::CString;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::gmond_config::{self, ModuleBlock, ParserVerdict};
-
-/// Where a block was written: the file as gmond's include named it, and
-/// the line of the block's `module` keyword.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    pub file: PathBuf,
-    pub line: usize,
-}
-
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file.display(), self.line)
-    }
-}
+use crate::gmond_config::{self, ModuleBlock, Origin, ParserVerdict};
 
 /// libconfuse's include depth limit (`MAX_INCLUDE_DEPTH`); deeper is a
 /// parse error for gmond, and a loop of includes must end somewhere here.
@@ -509,6 +494,15 @@ pub fn expand_include(pattern: &str) -> Vec<PathBuf> {
             matched.then(|| PathBuf::from(format!("{dir}/{}", name.to_string_lossy())))
         })
         .collect()
+}
+
+/// `blocks` with their origins, when the file they were parsed from is
+/// known (see [`locate`]).
+pub fn located(main: Option<PathBuf>, mut blocks: Vec<ModuleBlock>) -> Vec<ModuleBlock> {
+    if let Some(main) = main {
+        locate(&main, &mut blocks);
+    }
+    blocks
 }
 
 /// Gives each parsed block the place it was written in `main` or the files

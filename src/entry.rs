@@ -8,7 +8,7 @@ use libc::c_int;
 
 use crate::ffi::{self, apr_pool_t, g_val_t, mmodule};
 use crate::metric_table::GmondPool;
-use crate::{gmond_config, gmond_log, guard, host};
+use crate::{config_files, gmond_config, gmond_log, guard, host};
 
 /// The module record. gmond writes several fields into it before checking
 /// the magic numbers, so it must be a writable static, not a constant.
@@ -59,8 +59,12 @@ extern "C" fn init(pool: *mut apr_pool_t) -> c_int {
                 module_dir,
                 // SAFETY: gmond's own module_params_list (an array of mmparam).
                 host_params: unsafe { gmond_config::read_param_list(list) },
-                // SAFETY: gmond's parsed configuration root, alive for the process.
-                blocks: unsafe { gmond_config::read_module_blocks(config) },
+                // SAFETY: gmond's parsed configuration root, alive for the
+                // process (both calls).
+                blocks: config_files::located(
+                    unsafe { gmond_config::config_file_name(config) },
+                    unsafe { gmond_config::read_module_blocks(config) },
+                ),
                 // SAFETY: as above.
                 gmond_user: unsafe { gmond_config::read_gmond_user(config) },
                 // SAFETY: as above.

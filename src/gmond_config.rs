@@ -6,11 +6,11 @@
 //! Python file is plain logic, shared with the tools.
 
 use std::ffi::{CStr, CString};
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use libc::c_char;
 
-use crate::config_files::{self, Origin};
 use crate::ffi;
 
 /// One `param NAME { value = … }`. `value` is `None` when the block has none.
@@ -18,6 +18,20 @@ use crate::ffi;
 pub struct Param {
     pub name: String,
     pub value: Option<String>,
+}
+
+/// Where a block was written: the file as gmond's include named it, and
+/// the line of the block's `module` keyword.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
 }
 
 /// One `module { … }` block of the merged `modules` section.
@@ -30,7 +44,7 @@ pub struct ModuleBlock {
     pub path: Option<String>,
     pub params: Vec<Param>,
     /// Where the block was written, when the configuration's files could be
-    /// read again and matched to the parsed blocks ([`config_files::locate`]).
+    /// read again and matched to the parsed blocks (`config_files::locate`, by the caller).
     pub origin: Option<Origin>,
 }
 
@@ -131,19 +145,14 @@ pub unsafe fn read_module_blocks(config: *mut ffi::cfg_t) -> Vec<ModuleBlock> {
     }
     // SAFETY: `modules` is a live section with a "module" sub-section list.
     let count = unsafe { ffi::cfg_size(modules, c"module".as_ptr()) };
-    let mut blocks: Vec<ModuleBlock> = (0..count)
+    (0..count)
         .filter_map(|i| {
             // SAFETY: i < cfg_size, so libconfuse returns a live section.
             let block = unsafe { ffi::cfg_getnsec(modules, c"module".as_ptr(), i) };
             // SAFETY: `block` is a live module section from gmond's schema.
             (!block.is_null()).then(|| unsafe { read_block(block) })
         })
-        .collect();
-    // SAFETY: `config` is the live root section, per the contract.
-    if let Some(main) = unsafe { config_file_name(config) } {
-        config_files::locate(&main, &mut blocks);
-    }
-    blocks
+        .collect()
 }
 
 /// The file libconfuse parsed `config` from: the `-c` file for gmond's
@@ -394,6 +403,12 @@ impl ParsedConfig {
         // SAFETY: the cfg_t came from Ganglia_gmond_config_create (gmond's
         // schema) and is never freed.
         unsafe { read_module_blocks(self.0) }
+    }
+
+    /// The file this configuration was parsed from, if libconfuse says.
+    pub fn file_name(&self) -> Option<PathBuf> {
+        // SAFETY: as above, a live root section.
+        unsafe { config_file_name(self.0) }
     }
 
     pub fn host_block(&self) -> Option<HostBlock> {

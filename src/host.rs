@@ -87,7 +87,7 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
         blocks: input.blocks,
         trusted_uids: permissions::trusted_uids(input.gmond_user.as_deref(), true),
         collected: input.collected,
-        verbose: input.debug_level > 1,
+        debug_level: input.debug_level,
         timed: false,
     })?;
     let table = MetricTable::build(&started.descriptors, input.pool);

@@ -153,7 +153,7 @@ fn start(
             name: None,
             name_match: Some(format!("^{prefix}")),
         }],
-        verbose: false,
+        debug_level: 0,
         timed: false,
     })
     .unwrap_or_else(|e| panic!("the engine did not start: {e}"))
@@ -342,7 +342,7 @@ fn target(py: Python<'_>, module: &str, name: &str, callable: Bound<'_, PyAny>) 
 #[test]
 fn a_worker_that_never_gets_the_gil_is_withdrawn_not_hung() {
     on_python_thread(|| {
-        modpython::python::start(false).unwrap();
+        modpython::python::start(0).unwrap();
         let targets = Python::attach(|py| {
             let five = py.eval(c"lambda name: 5", None, None).unwrap();
             std::sync::Arc::new(vec![target(py, "w", "w_five", five)])
@@ -475,7 +475,7 @@ def metric_init(params):
 #[test]
 fn a_panic_in_a_call_fails_that_call_and_the_worker_serves_on() {
     on_python_thread(|| {
-        modpython::python::start(false).unwrap();
+        modpython::python::start(0).unwrap();
         let targets = Python::attach(|py| {
             let panics =
                 PyCFunction::new_closure(py, None, None, |_args, _kwargs| -> PyResult<u32> {

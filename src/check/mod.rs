@@ -326,7 +326,7 @@ fn read_setup(options: &Options, report: &mut Report) -> Option<Setup> {
             };
             Some(Setup {
                 dir,
-                blocks: parsed.module_blocks(),
+                blocks: config_files::located(parsed.file_name(), parsed.module_blocks()),
                 host_params: host.param_list,
                 gmond_user: parsed.gmond_user(),
                 collected: parsed.collected_metrics(),
@@ -357,7 +357,7 @@ fn read_setup(options: &Options, report: &mut Report) -> Option<Setup> {
                 .unwrap_or_default();
             Some(Setup {
                 dir,
-                blocks: parsed.module_blocks(),
+                blocks: config_files::located(parsed.file_name(), parsed.module_blocks()),
                 host_params,
                 gmond_user: None,
                 collected: parsed.collected_metrics(),
@@ -438,7 +438,7 @@ pub fn run(options: &Options) -> Report {
             blocks: setup.blocks.clone(),
             trusted_uids,
             collected: setup.collected.clone(),
-            verbose: options.debug > 1,
+            debug_level: options.debug,
             timed: true,
         })
     });

@@ -67,8 +67,8 @@ pub struct StartInput {
     pub trusted_uids: Vec<u32>,
     /// Every `collection_group { metric { … } }` entry.
     pub collected: Vec<CollectedMetric>,
-    /// Module logging at info and debug, as gmond at debug level > 1.
-    pub verbose: bool,
+    /// gmond's debug level (module debug lines show above 1).
+    pub debug_level: i32,
     /// Time each call (for a report; gmond's calls read no clock per call).
     pub timed: bool,
 }
@@ -221,13 +221,13 @@ impl Engine {
             blocks,
             trusted_uids,
             collected,
-            verbose,
+            debug_level,
             timed,
         } = input;
         crate::signals::remember_gmond_handlers();
         crate::signals::defuse_stray_signals();
         cycles::start();
-        python::start(verbose)?;
+        python::start(debug_level)?;
         python::stdio::set_stdout(settings.module_stdout);
         crate::signals::restore_if_changed("starting Python");
         Python::attach(interrupt::install)

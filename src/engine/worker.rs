@@ -10,7 +10,7 @@
 //!
 //! # The hand-off
 //!
-//! One [`Slot`] per worker holds the state both threads move along:
+//! One `Slot` per worker holds the state both threads move along:
 //!
 //! ```text
 //!  caller: post            worker (holding the GIL): take

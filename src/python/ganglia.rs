@@ -9,11 +9,14 @@ use pyo3::prelude::*;
 use super::stdio;
 
 /// gmond's effective debug level (`-d` beats `globals.debug_level`), as the
-/// original host offered it.
+/// original host offered it: the one the host was started with (gmond's
+/// is fixed at its start; `modpython-check --debug N` gives N).
 #[pyfunction]
 fn get_debug_msg_level() -> i32 {
-    crate::gmond_log::debug_level()
+    DEBUG_LEVEL.load(std::sync::atomic::Ordering::Relaxed)
 }
+
+static DEBUG_LEVEL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 fn say(py: Python<'_>, level: Level, message: &Bound<'_, PyAny>) -> PyResult<()> {
     let text = message.str()?.to_string_lossy().into_owned();
@@ -451,7 +454,9 @@ pub fn ganglia_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
 /// What the host does at start: `sys.stdout`/`sys.stderr` and the root
 /// logger go to gmond's log. The root logger's level is INFO, or DEBUG when
 /// `verbose` (gmond's debug level above 1) so `logger.debug()` gets through.
-pub fn install(py: Python<'_>, verbose: bool) -> PyResult<()> {
+pub fn install(py: Python<'_>, debug_level: i32) -> PyResult<()> {
+    DEBUG_LEVEL.store(debug_level, std::sync::atomic::Ordering::Relaxed);
+    let verbose = debug_level > 1;
     stdio::install(py, verbose)?;
     py.import("ganglia")?
         .getattr("_install_logging")?

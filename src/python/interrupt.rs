@@ -156,7 +156,7 @@ fn ensure_action(installed: &Installed) -> bool {
 }
 
 /// Puts the deadline signal's action back if module code changed it;
-/// returns the warning to log then (see [`ensure_action`]).
+/// returns the warning to log then (see `ensure_action`).
 pub fn restore_if_changed() -> Option<String> {
     let installed = INSTALLED.get()?;
     if ensure_action(installed) {

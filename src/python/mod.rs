@@ -30,15 +30,18 @@ pub const PYTHON_VERSION: &str = env!("MODPYTHON_PYTHON_VERSION");
 pub const THREAD_STACK: usize = 16 * 1024 * 1024;
 
 /// Starts the interpreter once per process and releases the GIL.
-/// `verbose`: module logging at info and debug too (gmond's debug level
-/// above 1). Later calls (a second `init` in tests, the tools) are no-ops.
-pub fn start(verbose: bool) -> Result<(), String> {
+/// `debug_level`: gmond's (`ganglia.get_debug_msg_level()`; module debug
+/// lines above 1). Later calls (a second `init` in tests, the tools) are
+/// no-ops.
+pub fn start(debug_level: i32) -> Result<(), String> {
     static STARTED: once_cell::sync::OnceCell<Result<(), String>> =
         once_cell::sync::OnceCell::new();
-    STARTED.get_or_init(|| start_interpreter(verbose)).clone()
+    STARTED
+        .get_or_init(|| start_interpreter(debug_level))
+        .clone()
 }
 
-fn start_interpreter(verbose: bool) -> Result<(), String> {
+fn start_interpreter(debug_level: i32) -> Result<(), String> {
     // SAFETY: a plain query, valid before and after initialisation.
     if unsafe { ffi::Py_IsInitialized() } != 0 {
         // Someone else (a test harness embedding Python) started it already.
@@ -63,7 +66,7 @@ fn start_interpreter(verbose: bool) -> Result<(), String> {
     })
     .map_err(|e| format!("the Python interpreter started but could not be configured: {e}"))?;
     // print, sys.stderr and the logging package go to gmond's log.
-    if let Err(e) = Python::attach(|py| ganglia::install(py, verbose)) {
+    if let Err(e) = Python::attach(|py| ganglia::install(py, debug_level)) {
         log::warn!("module output (print, logging) will not reach gmond's log: {e}");
     }
     if let Err(e) = Python::attach(fork_guard::install) {
