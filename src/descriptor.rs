@@ -1514,19 +1514,16 @@ mod tests {
         let fmt = std::ffi::CString::new(format).expect("no NUL in test formats");
         let mut buf = [0u8; 512];
         let out = buf.as_mut_ptr() as *mut libc::c_char;
+        let apr_snprintf = crate::ffi::apr_snprintf().expect("libapr is loaded with libganglia");
         // SAFETY: the tests pass only formats whose directives read at most
         // one 32-bit integer (U, I) or one double (D), the argument given,
         // never %s, %n, %p, '*' or a 64-bit modifier on an integer; and
         // apr_snprintf writes at most `buf.len()` bytes, NUL included.
         unsafe {
             match arg {
-                Arg::U(u) => {
-                    crate::ffi::apr_snprintf(out, buf.len(), fmt.as_ptr(), u as libc::c_uint)
-                }
-                Arg::I(i) => {
-                    crate::ffi::apr_snprintf(out, buf.len(), fmt.as_ptr(), i as libc::c_int)
-                }
-                Arg::D(x) => crate::ffi::apr_snprintf(out, buf.len(), fmt.as_ptr(), x),
+                Arg::U(u) => apr_snprintf(out, buf.len(), fmt.as_ptr(), u as libc::c_uint),
+                Arg::I(i) => apr_snprintf(out, buf.len(), fmt.as_ptr(), i as libc::c_int),
+                Arg::D(x) => apr_snprintf(out, buf.len(), fmt.as_ptr(), x),
             };
         }
         let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());

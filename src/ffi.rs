@@ -57,9 +57,6 @@ unsafe extern "C" {
     );
     pub fn apr_table_make(pool: *mut apr_pool_t, nelts: c_int) -> *mut apr_table_t;
     pub fn apr_table_add(table: *mut apr_table_t, key: *const c_char, val: *const c_char);
-    // APR's formatter: gmond prints metric values with it, so the checker
-    // and the format rule's tests use it too (it differs from libc's).
-    pub fn apr_snprintf(buf: *mut c_char, len: usize, format: *const c_char, ...) -> c_int;
 
     // libconfuse, for walking gmond's parsed configuration.
     pub fn cfg_getsec(cfg: *mut cfg_t, name: *const c_char) -> *mut cfg_t;
@@ -81,4 +78,39 @@ unsafe extern "C" {
         fallback_to_default: c_int,
     ) -> *mut c_void;
     pub fn Ganglia_pool_create(parent: *mut c_void) -> *mut c_void;
+}
+
+/// APR's formatter, `apr_snprintf`: gmond prints metric values with it, so
+/// the checker and the format rule's tests use it too (it differs from
+/// libc's).
+pub type AprSnprintf = unsafe extern "C" fn(*mut c_char, usize, *const c_char, ...) -> c_int;
+
+/// [`AprSnprintf`], found at run time in the libapr that libganglia brings
+/// into every process of ours (gmond's, the checker's; loaded here if not),
+/// rather than linked:
+/// a link from `modpython-check` would give the package a second, older
+/// `libapr1` dependency beside the library's.
+pub fn apr_snprintf() -> Option<AprSnprintf> {
+    static FOUND: std::sync::OnceLock<Option<AprSnprintf>> = std::sync::OnceLock::new();
+    *FOUND.get_or_init(|| {
+        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name.
+        let mut symbol = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"apr_snprintf".as_ptr()) };
+        if symbol.is_null() {
+            // A program that uses nothing else of APR (a unit test) loads it.
+            // SAFETY: loading a shared library by its NUL-terminated name, and
+            // dlsym on the handle it returned.
+            symbol = unsafe {
+                let handle = libc::dlopen(c"libapr-1.so.0".as_ptr(), libc::RTLD_NOW);
+                if handle.is_null() {
+                    std::ptr::null_mut()
+                } else {
+                    libc::dlsym(handle, c"apr_snprintf".as_ptr())
+                }
+            };
+        }
+        // SAFETY: the symbol is APR's apr_snprintf, whose C signature
+        // (apr_strings.h) the type spells out.
+        (!symbol.is_null())
+            .then(|| unsafe { std::mem::transmute::<*mut c_void, AprSnprintf>(symbol) })
+    })
 }

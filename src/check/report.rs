@@ -498,26 +498,23 @@ pub(super) fn gmond_text(value: &Value, format: &str) -> String {
     let mut buf = [0u8; 256];
     let fmt = gmond_config::c_string(format);
     let ptr = buf.as_mut_ptr() as *mut libc::c_char;
+    let Some(apr_snprintf) = ffi::apr_snprintf() else {
+        return format!("{value:?}");
+    };
     let written = match value {
         Value::Str(_) => unreachable!("strings returned above"),
         // SAFETY: `format` passed check_format for a uint (or is the uint
         // default): one %u conversion (no size modifier, no '*') and no
         // other directive, so the single c_uint vararg is all it reads;
         // apr_snprintf never writes past `buf.len()` and ends with a NUL.
-        Value::Uint(u) => unsafe {
-            ffi::apr_snprintf(ptr, buf.len(), fmt.as_ptr(), *u as libc::c_uint)
-        },
+        Value::Uint(u) => unsafe { apr_snprintf(ptr, buf.len(), fmt.as_ptr(), *u as libc::c_uint) },
         // SAFETY: as above, one %d or %i conversion for the c_int.
-        Value::Int(i) => unsafe {
-            ffi::apr_snprintf(ptr, buf.len(), fmt.as_ptr(), *i as libc::c_int)
-        },
+        Value::Int(i) => unsafe { apr_snprintf(ptr, buf.len(), fmt.as_ptr(), *i as libc::c_int) },
         // SAFETY: as above, one real conversion (APR reads a double for any
         // size modifier); a float is promoted to double in varargs, as in gmond.
-        Value::Float(x) => unsafe {
-            ffi::apr_snprintf(ptr, buf.len(), fmt.as_ptr(), f64::from(*x))
-        },
+        Value::Float(x) => unsafe { apr_snprintf(ptr, buf.len(), fmt.as_ptr(), f64::from(*x)) },
         // SAFETY: as above, one real conversion for the double.
-        Value::Double(x) => unsafe { ffi::apr_snprintf(ptr, buf.len(), fmt.as_ptr(), *x) },
+        Value::Double(x) => unsafe { apr_snprintf(ptr, buf.len(), fmt.as_ptr(), *x) },
     };
     if written < 0 {
         return format!("{value:?}");
