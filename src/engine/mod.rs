@@ -818,7 +818,7 @@ impl Engine {
         state.stats.calls += 1;
         let retry_max = self.settings.retry_max_interval;
         let was_backed_off = metric.backed_off();
-        let subject = Subject {
+        let subject = |metric: &MetricState| Subject {
             module: &state.id,
             metric: &self.names[index],
             has_good: metric.has_good,
@@ -828,10 +828,14 @@ impl Engine {
             Outcome::Value(value) => {
                 metric.current.set(value);
                 metric.has_good = true;
-                failures::succeeded(&mut metric.failure, &subject);
+                if metric.failure.is_some() {
+                    let subject = subject(metric);
+                    failures::succeeded(&mut metric.failure, &subject);
+                }
             }
             Outcome::Failed(failed) => {
                 state.stats.errors += 1;
+                let subject = subject(metric);
                 failures::record(&mut metric.failure, &subject, &failed, retry_max, true);
             }
             Outcome::TimedOut(elapsed) => {
@@ -851,6 +855,7 @@ impl Engine {
                 // counts towards back-off, so a handler that hangs on every
                 // call does not cost gmond a deadline every round.
                 let log_first = mode == CallMode::Inline;
+                let subject = subject(metric);
                 failures::record(&mut metric.failure, &subject, &reason, retry_max, log_first);
             }
         }

@@ -168,8 +168,8 @@ pub fn restore_if_changed() -> Option<String> {
     ))
 }
 
-/// Batches armed so far (only gmond's thread arms).
-static ARMED: AtomicU64 = AtomicU64::new(0);
+/// When [`arm`] last looked at Python's handler ([`cycles::coarse_ns`]).
+static HANDLER_CHECKED: AtomicU64 = AtomicU64::new(0);
 /// Set when the watchdog signalled a call since the last [`arm`].
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
 /// Set while the watchdog waits out [`RESEND_EVERY`] after signalling.
@@ -328,16 +328,19 @@ pub fn arm(py: Python<'_>, deadline: Duration, index: usize) -> Armed {
     }
     // A module may have replaced our Python-level handler with one of its
     // own (`signal.signal(SIGRTMIN+3, f)`), which leaves the signal's action
-    // as it was: looked at every 64th batch (a Python call, too dear for
-    // each), and after any batch whose call the watchdog had to signal.
-    let armed_count = ARMED.load(Ordering::Relaxed).wrapping_add(1);
-    ARMED.store(armed_count, Ordering::Relaxed);
-    if REINSTALL.load(Ordering::Acquire)
-        || ((armed_count % 64 == 0 || SIGNALLED.load(Ordering::Relaxed)) && !handler_in_place(py))
-    {
+    // as it was: looked at once a second (a Python call, ~4 µs here, too
+    // dear for each batch), and after any batch whose call the watchdog had
+    // to signal.
+    let now = cycles::coarse_ns();
+    let look = SIGNALLED.load(Ordering::Relaxed)
+        || now.saturating_sub(HANDLER_CHECKED.load(Ordering::Relaxed)) >= 1_000_000_000;
+    if look {
+        HANDLER_CHECKED.store(now, Ordering::Relaxed);
+        SIGNALLED.store(false, Ordering::Relaxed);
+    }
+    if REINSTALL.load(Ordering::Acquire) || (look && !handler_in_place(py)) {
         reinstall(py);
     }
-    SIGNALLED.store(false, Ordering::Relaxed);
     if RESTING.load(Ordering::Acquire) {
         // The watchdog is waiting out a resend after a late call; this new
         // batch's deadline must not wait for it.
@@ -361,10 +364,7 @@ pub fn arm(py: Python<'_>, deadline: Duration, index: usize) -> Armed {
     // The coarse clock plus its lag: never earlier than the true start, so
     // a call is never cut short, and at most a few ms late; the precise
     // clock cost ~10 % of a lone inline call here.
-    BATCH_STARTED.store(
-        cycles::coarse_ns() + cycles::coarse_lag_ns(),
-        Ordering::Relaxed,
-    );
+    BATCH_STARTED.store(now + cycles::coarse_lag_ns(), Ordering::Relaxed);
     let seq = begin_call(index);
     BATCH_FIRST.store(seq, Ordering::Release);
     Armed {

@@ -756,8 +756,10 @@ fn import_and_init(
 fn metrics_of(py: Python<'_>, id: &ModuleRef, items: &[Bound<'_, PyAny>]) -> Vec<LoadedMetric> {
     let mut metrics = Vec::with_capacity(items.len());
     let mut warnings: Vec<(String, Warning)> = Vec::new();
-    // Each registered name's first descriptor, and what later copies differ in.
-    let mut firsts: HashMap<String, Examined<'_>> = HashMap::new();
+    // Each registered name's first descriptor (its index in `items`: it is
+    // examined again only if a copy turns up; keeping every examined
+    // descriptor cost ~15 MB at 10,000 metrics), and what copies differ in.
+    let mut firsts: HashMap<String, usize> = HashMap::new();
     let mut copies: Vec<(String, Vec<Vec<String>>)> = Vec::new();
     for (index, item) in items.iter().enumerate() {
         let Some(examined) = examine(py, id, index, item) else {
@@ -768,8 +770,11 @@ fn metrics_of(py: Python<'_>, id: &ModuleRef, items: &[Bound<'_, PyAny>]) -> Vec
         // corrections nor its errors matter: only how it differs. (A copy
         // of a refused descriptor is checked on its own: it may be the
         // one that works.)
-        if let Some(first) = name.as_ref().and_then(|n| firsts.get(n)) {
+        if let Some(&first) = name.as_ref().and_then(|n| firsts.get(n)) {
             let name = name.unwrap_or_default();
+            let Some(first) = examine(py, id, first, &items[first]) else {
+                continue;
+            };
             let at = match copies.iter().position(|(n, _)| *n == name) {
                 Some(at) => at,
                 None => {
@@ -778,7 +783,7 @@ fn metrics_of(py: Python<'_>, id: &ModuleRef, items: &[Bound<'_, PyAny>]) -> Vec
                 }
             };
             let which = ordinal(copies[at].1.len() + 2);
-            copies[at].1.push(differences(first, &examined, &which));
+            copies[at].1.push(differences(&first, &examined, &which));
             continue;
         }
         let label = match &name {
@@ -819,7 +824,7 @@ fn metrics_of(py: Python<'_>, id: &ModuleRef, items: &[Bound<'_, PyAny>]) -> Vec
             continue;
         };
         let py_name = PyString::new(py, &descriptor.name).unbind();
-        firsts.insert(descriptor.name.clone(), examined);
+        firsts.insert(descriptor.name.clone(), index);
         metrics.push(LoadedMetric {
             module: 0,
             descriptor,
