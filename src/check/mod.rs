@@ -447,7 +447,6 @@ pub fn run(options: &Options) -> Report {
     let Started {
         mut engine,
         descriptors,
-        plan,
         failed,
         ..
     } = match started {
@@ -492,11 +491,11 @@ pub fn run(options: &Options) -> Report {
             }
         })
         .collect();
-    check_collection(&setup, options, &plan, &mut report);
+    check_collection(&setup, options, engine.plan(), &mut report);
     // What the engine says of a module or metric comes back with its
     // module, file and metric, as while loading.
     let (summaries, diagnostics) = loader::collect_diagnostics(|| {
-        let summaries = call_metrics(&mut engine, &plan, options, &mut report);
+        let summaries = call_metrics(&mut engine, options, &mut report);
         engine.cleanup();
         summaries
     });
@@ -655,15 +654,11 @@ impl Observer for Recorder<'_> {
 /// gmond's would. Metrics no entry selects (gmond never calls them) are
 /// called on their own after the rest, to show their values.
 /// Returns each metric's summary of its failed and skipped calls.
-fn call_metrics(
-    engine: &mut Engine,
-    plan: &Plan,
-    options: &Options,
-    report: &mut Report,
-) -> Vec<Problem> {
+fn call_metrics(engine: &mut Engine, options: &Options, report: &mut Report) -> Vec<Problem> {
     let count = engine.metric_count();
     let settings: Vec<(CallMode, Duration)> = engine.call_settings().collect();
     let module_of: Vec<usize> = (0..count).map(|i| engine.module_of(i)).collect();
+    let plan = engine.plan();
     let mut order: Vec<usize> = plan.selected.iter().flatten().copied().collect();
     order.extend((0..count).filter(|&i| plan.selected_by[i] == 0));
     let mut recorder = Recorder {

@@ -80,8 +80,6 @@ pub struct Started {
     pub descriptors: Vec<MetricDescriptor>,
     /// The host's own metrics, after the Python ones.
     pub self_metrics: Vec<SelfMetric>,
-    /// How the collection groups select the Python metrics.
-    pub plan: Plan,
     /// Modules that failed to load.
     pub failed: Vec<loader::ModuleRef>,
 }
@@ -193,9 +191,9 @@ pub struct Engine {
     stuck: usize,
     gil_hold: Option<GilHold>,
     targets: Targets,
-    /// The batch (index into `batches`) of each metric, if any.
-    batch_of: Vec<Option<usize>>,
-    batches: Vec<Arc<[usize]>>,
+    /// How the collection groups select the metrics, and the batches that
+    /// follow from it.
+    plan: Plan,
     /// Makes protected calls; replaced when it gets stuck.
     worker: Option<Worker>,
     settings: HostSettings,
@@ -361,8 +359,7 @@ impl Engine {
             stuck: 0,
             gil_hold: None,
             targets,
-            batch_of: plan.batch_of.clone(),
-            batches: plan.batches.clone(),
+            plan,
             worker,
             settings,
             timed,
@@ -375,9 +372,13 @@ impl Engine {
             engine,
             descriptors,
             self_metrics: own_metrics,
-            plan,
             failed: loaded.failed,
         })
+    }
+
+    /// How gmond's collection groups select the Python metrics.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
     }
 
     /// How many Python metrics there are (their indices come first).
@@ -440,10 +441,12 @@ impl Engine {
     fn make_calls<O: Observer>(&mut self, index: usize, observer: &mut O) {
         let module = self.metrics[index].module as usize;
         let ready = self.module_ready(module);
-        let calls = match self.batch_of[index] {
+        let calls = match self.plan.batch_of[index] {
             // The usual round: the whole batch, as it is (each call's
             // outcome marks its metric fresh).
-            Some(b) if ready && self.backed_off == 0 => Calls::Batch(Arc::clone(&self.batches[b])),
+            Some(b) if ready && self.backed_off == 0 => {
+                Calls::Batch(Arc::clone(&self.plan.batches[b]))
+            }
             _ => Calls::Some(self.calls_due(index, ready, observer)),
         };
         if calls.is_empty() {
@@ -722,8 +725,8 @@ impl Engine {
         ready: bool,
         observer: &mut O,
     ) -> Vec<usize> {
-        let siblings: &[usize] = match self.batch_of[index] {
-            Some(b) => &self.batches[b],
+        let siblings: &[usize] = match self.plan.batch_of[index] {
+            Some(b) => &self.plan.batches[b],
             None => &[],
         };
         let now = (self.backed_off > 0).then(Instant::now);

@@ -388,10 +388,7 @@ pub fn load_all(
 /// Where a block was written, for messages: "at FILE:LINE", or its place
 /// among gmond's module blocks when its file is not known.
 fn block_place(blocks: &[ModuleBlock], block: &ModuleBlock) -> String {
-    match &block.origin {
-        Some(origin) => format!("at {origin}"),
-        None => format!("#{} of gmond's configuration", block_number(blocks, block)),
-    }
+    block_places(blocks, &[block])
 }
 
 fn block_number(blocks: &[ModuleBlock], block: &ModuleBlock) -> usize {
