@@ -798,6 +798,97 @@ def metric_init(params):
 }
 
 #[test]
+fn an_inline_modules_hook_release_meets_the_call_deadline() {
+    on_python_thread(|| {
+        let tmp = TempDir::new();
+        // As the protected case below, inline: the trace function's release
+        // after the batch takes 2 s, on gmond's thread.
+        let tracer = counter_module(
+            "e12_trace",
+            "class T:\n    def __call__(self, *a):\n        return None\n    def __del__(self):\n        time.sleep(2)\nimport sys\nsys.settrace(T())",
+        );
+        let mut started = start(
+            tmp.path(),
+            &[("e12_trace", &tracer)],
+            &["e12_trace"],
+            "e12_",
+            Duration::from_millis(300),
+        );
+        let i = index_of(&started, "e12_trace_val");
+        let t = Instant::now();
+        let value = uint(started.engine.collect(i, &mut Seen::default()));
+        assert!(
+            t.elapsed() < Duration::from_millis(1200),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(value, 1, "the call itself returned in time");
+        started.engine.cleanup();
+    });
+}
+
+#[test]
+fn a_stuck_call_is_not_over_until_its_worker_has_let_go_of_python() {
+    on_python_thread(|| {
+        let tmp = TempDir::new();
+        // e13_p's first call is stuck for a while: every call is in doubt,
+        // so e13_s (inline) is called on a worker. Its first call leaves an
+        // object in its worker's thread-local storage whose release holds
+        // the GIL for 3 s, then runs late: when it returns, its worker ends,
+        // and tearing down the thread's Python state releases the object.
+        let p = counter_module("e13_p", "if n == 1:\n    time.sleep(1)");
+        let s_module = r#"
+import ctypes, threading, time
+tl = threading.local()
+class Heavy:
+    def __del__(self):
+        ctypes.PyDLL('libc.so.6').usleep(3000000)
+calls = 0
+def value(metric):
+    global calls
+    calls += 1
+    if calls == 1:
+        tl.heavy = Heavy()
+        time.sleep(0.6)
+    return calls
+def metric_init(params):
+    return [{"name": "e13_s_val", "call_back": value, "value_type": "uint",
+             "format": "%u", "slope": "both", "time_max": 60, "units": "", "description": "d"}]
+"#;
+        let mut started = start(
+            tmp.path(),
+            &[("e13_p", &p), ("e13_s", s_module)],
+            &["e13_s"],
+            "e13_",
+            Duration::from_millis(300),
+        );
+        let p_i = index_of(&started, "e13_p_val");
+        let s_i = index_of(&started, "e13_s_val");
+        let engine = &mut started.engine;
+        let mut seen = Seen::default();
+        engine.collect(p_i, &mut seen);
+        engine.collect(s_i, &mut seen);
+        assert_eq!(seen.timed_out, vec![p_i, s_i]);
+        // Until that worker has let go of Python, no call may take the GIL
+        // on this thread.
+        let mut longest = Duration::ZERO;
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            let t = Instant::now();
+            engine.collect(s_i, &mut seen);
+            longest = longest.max(t.elapsed());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            longest < Duration::from_millis(700),
+            "a call kept the calling thread {longest:?}"
+        );
+        engine.cleanup();
+        wait_for_gil();
+    });
+}
+
+#[test]
 fn collection_groups_make_one_batch_per_module_and_group() {
     on_python_thread(|| {
         Python::attach(|py| {

@@ -135,10 +135,9 @@ impl Stopwatch {
 /// module's own later calls in the batch may inherit its hooks: they are
 /// its own business, and resetting per call would cost every call.
 pub(crate) fn in_module_scopes(
-    py: Python<'_>,
     targets: &[CallTarget],
     batch: &[usize],
-    mut call: impl FnMut(&CallTarget, usize) -> bool,
+    mut step: impl FnMut(Step<'_>) -> bool,
 ) {
     let mut module: Option<&Arc<str>> = None;
     let mut scope: Option<stdio::ModuleScope> = None;
@@ -148,22 +147,32 @@ pub(crate) fn in_module_scopes(
         };
         if module.is_none_or(|m| !Arc::ptr_eq(m, &target.module_name)) {
             if module.is_some() {
-                reset_thread_hooks(py);
+                step(Step::ResetHooks);
             }
             drop(scope.take());
             scope = Some(stdio::ModuleScope::enter(&target.module_name));
             module = Some(&target.module_name);
         }
-        if !call(target, index) {
+        if !step(Step::Call(target, index)) {
             break;
         }
     }
     drop(scope);
-    reset_thread_hooks(py);
+    step(Step::ResetHooks);
+}
+
+/// What [`in_module_scopes`] asks of its caller next.
+pub(crate) enum Step<'a> {
+    /// Make this metric's call; false stops the batch.
+    Call(&'a CallTarget, usize),
+    /// Clear the thread's hooks ([`reset_thread_hooks`]): releasing a
+    /// module's hook runs its code, so the caller gives it the deadline
+    /// its calls have.
+    ResetHooks,
 }
 
 /// Clears the calling thread's trace and profile functions.
-fn reset_thread_hooks(_py: Python<'_>) {
+pub(crate) fn reset_thread_hooks(_py: Python<'_>) {
     // SAFETY: the GIL is held (we have a `Python` token); clearing this
     // thread's trace and profile functions takes no other precondition.
     unsafe {

@@ -5,7 +5,10 @@
 
 use pyo3::prelude::*;
 
-use super::call::{CallTarget, Outcome, Stopwatch, call_and_convert, described, in_module_scopes};
+use super::call::{
+    CallTarget, Outcome, Step, Stopwatch, call_and_convert, described, in_module_scopes,
+    reset_thread_hooks,
+};
 use crate::python::interrupt::{self, Armed};
 
 /// Inline calls of `batch` (metrics of `targets`) in order, under one
@@ -24,11 +27,23 @@ pub fn call_batch(
     };
     Python::attach(|py| {
         let mut armed = interrupt::arm(py, deadline, first);
-        in_module_scopes(py, targets, batch, |target, index| {
-            let (outcome, seconds) = call_one(py, target, index, &mut armed, timed);
-            let late = matches!(outcome, Outcome::TimedOut(_));
-            each(index, outcome, seconds);
-            !late
+        let mut last = first;
+        in_module_scopes(targets, batch, |step| match step {
+            Step::Call(target, index) => {
+                last = index;
+                let (outcome, seconds) = call_one(py, target, index, &mut armed, timed);
+                let late = matches!(outcome, Outcome::TimedOut(_));
+                each(index, outcome, seconds);
+                !late
+            }
+            Step::ResetHooks => {
+                // In flight again, under the last call's label: the release
+                // of its hooks is module code, with a deadline of its own.
+                armed.next(last);
+                reset_thread_hooks(py);
+                armed.pause();
+                true
+            }
         });
     });
 }

@@ -647,6 +647,16 @@ impl Engine {
     /// lasts, nothing is asked of the worker until it has had the GIL since
     /// (or is not even waiting for it: then it is asked again).
     fn worker_for_mode(&mut self, mode: CallMode) -> Result<Option<Worker>, ()> {
+        if self.stuck > 0 {
+            // A stuck call of another module may have returned: while one
+            // is stuck every call is in doubt, so find out now rather than
+            // when that module's own metric comes round.
+            for m in 0..self.module_states.len() {
+                if self.module_states[m].stuck.is_some() {
+                    self.module_ready(m);
+                }
+            }
+        }
         if !self.in_doubt() {
             return Ok(match mode {
                 CallMode::Protected => self.worker_for_calls(),
@@ -680,9 +690,19 @@ impl Engine {
     /// last one got stuck), if a module calls in protected mode or a call
     /// is stuck.
     fn worker_for_calls(&mut self) -> Option<Worker> {
+        if self.worker.as_ref().is_some_and(Worker::exited) {
+            self.worker = None;
+        }
         if self.worker.is_none() {
             match spawn_worker(&self.targets, self.timed) {
-                Ok(w) => self.worker = Some(w),
+                Ok(w) => {
+                    // A hold is judged by the worker's own count of GIL
+                    // acquisitions: a new worker's starts at 0.
+                    if let Some(hold) = &mut self.gil_hold {
+                        hold.taken = 0;
+                    }
+                    self.worker = Some(w);
+                }
                 Err(e) => log::error!("{e}; the call is made on gmond's thread instead"),
             }
         }

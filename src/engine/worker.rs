@@ -45,7 +45,8 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 
 use super::call::{
-    CallTarget, Failed, Outcome, Stopwatch, Targets, call_and_convert, described, in_module_scopes,
+    CallTarget, Failed, Outcome, Step, Stopwatch, Targets, call_and_convert, described,
+    in_module_scopes, reset_thread_hooks,
 };
 use crate::cycles;
 
@@ -58,6 +59,9 @@ const EXITED: u32 = 4;
 
 /// Marks the `progress` of a batch whose current call the caller gave up on.
 const ABANDONED: usize = 1 << (usize::BITS - 1);
+/// Marks the `progress` of a batch the worker has finished with: nothing is
+/// left to give up on.
+const SEALED: usize = 1 << (usize::BITS - 2);
 
 /// How long gmond's thread spins for a result before sleeping, and how long
 /// a worker spins for the next request before sleeping. Calls of one
@@ -131,6 +135,9 @@ pub enum BatchEnd {
 pub struct Worker {
     slot: Arc<Slot>,
     thread: Thread,
+    /// The results of a batch, swapped out of the slot's buffer (the two
+    /// swap back and forth, so neither allocates per batch).
+    taken: std::cell::Cell<Vec<Made>>,
 }
 
 /// A call the caller stopped waiting for; its worker still runs it.
@@ -143,9 +150,12 @@ pub struct Stuck {
 }
 
 impl Stuck {
-    /// Whether the abandoned call has returned by now.
+    /// Whether the abandoned call has returned and its worker has let go of
+    /// Python: EXITED, not DONE, since the worker's thread state is torn down
+    /// after DONE, under the GIL (a module's `threading.local` objects are
+    /// released then), and no caller may take the GIL meanwhile.
     pub fn finished(&self) -> bool {
-        matches!(self.slot.state.load(Ordering::SeqCst), DONE | EXITED)
+        self.slot.state.load(Ordering::SeqCst) == EXITED
     }
 
     /// How long the call has run, or ran if it has returned.
@@ -182,7 +192,7 @@ impl Worker {
             batch: Mutex::new(Vec::new()),
             results: Mutex::new(Vec::new()),
             progress: AtomicUsize::new(0),
-            wants_gil: AtomicBool::new(true),
+            wants_gil: AtomicBool::new(false),
             call_started: AtomicU64::new(0),
             returned: AtomicU64::new(0),
             gil_taken: AtomicU64::new(0),
@@ -203,12 +213,18 @@ impl Worker {
         Ok(Worker {
             slot,
             thread: handle.thread().clone(),
+            taken: std::cell::Cell::new(Vec::new()),
         })
     }
 
     /// How many times the worker has held the GIL so far.
     pub fn gil_taken(&self) -> u64 {
         self.slot.gil_taken.load(Ordering::Acquire)
+    }
+
+    /// Whether the worker thread has ended (it is of no more use).
+    pub fn exited(&self) -> bool {
+        self.slot.state.load(Ordering::SeqCst) == EXITED
     }
 
     /// Whether the worker is waiting to acquire the GIL now.
@@ -241,7 +257,14 @@ impl Worker {
             requested.clear();
             requested.extend_from_slice(batch);
         }
-        slot.state.store(REQUESTED, Ordering::SeqCst);
+        // From IDLE only: a worker that ended meanwhile keeps its final state.
+        if slot
+            .state
+            .compare_exchange(IDLE, REQUESTED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return BatchEnd::Lost;
+        }
         if slot.worker_asleep.load(Ordering::SeqCst) {
             self.thread.unpark();
         }
@@ -286,7 +309,7 @@ impl Worker {
                             // Taken just now: it is running.
                             continue;
                         }
-                        limit - waited
+                        (limit - waited).min(gil_wait)
                     }
                     _ => {
                         // RUNNING: the current call's own deadline; after the
@@ -299,7 +322,10 @@ impl Worker {
                             slot.call_started.load(Ordering::Acquire) + cycles::coarse_lag_ns();
                         let ran =
                             Duration::from_nanos(cycles::monotonic_ns().saturating_sub(started));
-                        if ran >= deadline && !batch.is_empty() {
+                        if progress & SEALED != 0 {
+                            // Finished: DONE follows at once.
+                            Duration::from_millis(1)
+                        } else if ran >= deadline && !batch.is_empty() {
                             // Exact: fails if the call returned meanwhile.
                             if slot
                                 .progress
@@ -322,9 +348,10 @@ impl Worker {
                             });
                             made_in_time = progress;
                             break;
+                        } else {
+                            // Never 0: a wait of nothing would spin.
+                            deadline.saturating_sub(ran).max(Duration::from_millis(1))
                         }
-                        // Never 0: a wait of nothing would spin.
-                        deadline.saturating_sub(ran).max(Duration::from_millis(1))
                     }
                 };
                 thread::park_timeout(wait.min(POLL));
@@ -336,11 +363,20 @@ impl Worker {
             // round (the worker appends to it under the same lock).
             // Results of calls that returned after the deadline stay for
             // `Stuck::take_results`.
-            let mut results = slot.results.lock().unwrap_or_else(|p| p.into_inner());
-            let in_time = made_in_time.min(results.len());
-            for (index, result, seconds) in results.drain(..in_time) {
+            // Taken out of the lock before `each` runs (it logs): the
+            // worker may still push a late result.
+            let mut taken = self.taken.take();
+            {
+                let mut results = slot.results.lock().unwrap_or_else(|p| p.into_inner());
+                std::mem::swap(&mut *results, &mut taken);
+                if made_in_time < taken.len() {
+                    results.extend(taken.drain(made_in_time..));
+                }
+            }
+            for (index, result, seconds) in taken.drain(..) {
                 each(index, made_outcome(result), seconds);
             }
+            self.taken.set(taken);
         }
         match end {
             BatchEnd::Done if slot.state.load(Ordering::SeqCst) == EXITED => BatchEnd::Lost,
@@ -396,6 +432,9 @@ fn spin_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
 }
 
 fn worker_main(slot: &Slot, targets: &[CallTarget]) {
+    // Running, and about to wait for the GIL (a thread not yet scheduled
+    // is not held up by it).
+    slot.wants_gil.store(true, Ordering::SeqCst);
     // One Python thread state for the worker's whole life: modules that
     // keep per-thread state (threading.local, a cached connection) keep it
     // from one round to the next.
@@ -453,7 +492,11 @@ fn take_request(slot: &Slot) -> bool {
 fn run_batch(py: Python<'_>, slot: &Slot, targets: &[CallTarget], batch: &[usize]) -> bool {
     let mut returned = 0;
     let mut abandoned = false;
-    in_module_scopes(py, targets, batch, |target, index| {
+    in_module_scopes(targets, batch, |step| {
+        let Step::Call(target, index) = step else {
+            reset_thread_hooks(py);
+            return true;
+        };
         let watch = Stopwatch::start(slot.timed);
         // A panic must not end the worker with the batch half made.
         let result = panic::catch_unwind(AssertUnwindSafe(|| {
@@ -476,9 +519,19 @@ fn run_batch(py: Python<'_>, slot: &Slot, targets: &[CallTarget], batch: &[usize
         returned += 1;
         !abandoned
     });
-    // The caller may also have given up on what ran after the last call
-    // (the release of the module's trace hooks).
-    abandoned = abandoned || slot.progress.load(Ordering::Acquire) & ABANDONED != 0;
+    // Sealed, exactly: either the caller gave up on what ran after the last
+    // call (the release of the module's trace hooks) first, or it can no
+    // longer.
+    abandoned = abandoned
+        || slot
+            .progress
+            .compare_exchange(
+                returned,
+                returned | SEALED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err();
     if abandoned {
         // The call the caller gave up on has returned: the late one.
         slot.returned

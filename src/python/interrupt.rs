@@ -341,13 +341,6 @@ pub fn arm(py: Python<'_>, deadline: Duration, index: usize) -> Armed {
     if REINSTALL.load(Ordering::Acquire) || (look && !handler_in_place(py)) {
         reinstall(py);
     }
-    if RESTING.load(Ordering::Acquire) {
-        // The watchdog is waiting out a resend after a late call; this new
-        // batch's deadline must not wait for it.
-        if let Some(watchdog) = WATCHDOG.get() {
-            watchdog.unpark();
-        }
-    }
     // Rounded up: a deadline is never cut short.
     let ms = u64::try_from(deadline.as_nanos().div_ceil(1_000_000))
         .unwrap_or(u64::MAX)
@@ -367,6 +360,16 @@ pub fn arm(py: Python<'_>, deadline: Duration, index: usize) -> Armed {
     BATCH_STARTED.store(now + cycles::coarse_lag_ns(), Ordering::Relaxed);
     let seq = begin_call(index);
     BATCH_FIRST.store(seq, Ordering::Release);
+    // Looked at after the new call is in flight (the watchdog stores
+    // RESTING before it looks at the call in flight): one of the two sees
+    // the other, so a watchdog waiting out a resend after a late call never
+    // sleeps through this batch's deadline.
+    std::sync::atomic::fence(Ordering::SeqCst);
+    if RESTING.load(Ordering::SeqCst) {
+        if let Some(watchdog) = WATCHDOG.get() {
+            watchdog.unpark();
+        }
+    }
     Armed {
         seq,
         moved_on: false,
@@ -534,8 +537,10 @@ fn watchdog() {
                 deadline.as_secs_f64()
             );
         }
-        RESTING.store(true, Ordering::Release);
-        std::thread::park_timeout(RESEND_EVERY);
-        RESTING.store(false, Ordering::Release);
+        RESTING.store(true, Ordering::SeqCst);
+        if IN_FLIGHT.load(Ordering::SeqCst) & !FIRING == current {
+            std::thread::park_timeout(RESEND_EVERY);
+        }
+        RESTING.store(false, Ordering::SeqCst);
     }
 }
