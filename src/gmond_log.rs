@@ -63,9 +63,15 @@ fn through_err_msg(metadata: &Metadata) -> bool {
         || (metadata.level() == Level::Info && metadata.target() == MODULE_LOG_TARGET)
 }
 
+/// Whether a line is logged at gmond's debug level `level` (the module
+/// process decides by it what to send gmond).
+pub fn shown_at(metadata: &Metadata, level: i32) -> bool {
+    through_err_msg(metadata) || level > 1
+}
+
 impl Log for GmondLogger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        through_err_msg(metadata) || debug_level() > 1
+        shown_at(metadata, debug_level())
     }
 
     fn log(&self, record: &Record) {

@@ -14,6 +14,10 @@ pub struct Stats {
     pub errors: u64,
     pub timeouts: u64,
     pub seconds: f64,
+    /// Isolated modules: processes started again after the first.
+    pub restarts: u64,
+    /// Isolated modules: processes killed because a call hung.
+    pub kills: u64,
 }
 
 impl Stats {
@@ -22,6 +26,8 @@ impl Stats {
         self.errors += other.errors;
         self.timeouts += other.timeouts;
         self.seconds += other.seconds;
+        self.restarts += other.restarts;
+        self.kills += other.kills;
     }
 }
 
@@ -35,6 +41,8 @@ pub enum SelfMetric {
     Errors(Option<usize>),
     Timeouts(Option<usize>),
     Millis(Option<usize>),
+    Restarts(Option<usize>),
+    Kills(Option<usize>),
 }
 
 /// The host's numbers a self metric is computed from.
@@ -68,6 +76,8 @@ impl SelfMetric {
             // Whole milliseconds in a uint: gmetad stores slope-positive
             // metrics as RRD COUNTERs, which take integers only.
             SelfMetric::Millis(m) => wrap((pick(m).seconds * 1000.0) as u64),
+            SelfMetric::Restarts(m) => wrap(pick(m).restarts),
+            SelfMetric::Kills(m) => wrap(pick(m).kills),
         }
     }
 }
@@ -140,7 +150,7 @@ pub fn all(modules: &[String]) -> Vec<(SelfMetric, MetricDescriptor)> {
             ),
         ),
     ];
-    let kinds: [Kind; 4] = [
+    let kinds: [Kind; 6] = [
         (
             SelfMetric::Calls,
             "calls",
@@ -168,6 +178,20 @@ pub fn all(modules: &[String]) -> Vec<(SelfMetric, MetricDescriptor)> {
             ValueType::Uint,
             "ms",
             "time spent in handler calls",
+        ),
+        (
+            SelfMetric::Restarts,
+            "restarts",
+            ValueType::Uint,
+            "restarts",
+            "module processes started again after a crash, a hang or a failed start (call_mode isolated)",
+        ),
+        (
+            SelfMetric::Kills,
+            "kills",
+            ValueType::Uint,
+            "kills",
+            "module processes killed because a call ran past kill_after (call_mode isolated)",
         ),
     ];
     // `my-mod` and `my_mod` (or `Foo` and `foo`) would give the same names;
@@ -222,19 +246,22 @@ mod tests {
         assert!(names.contains(&"modpython_diskio_timeouts"));
         assert!(names.contains(&"modpython_my_mod_ms"));
         assert!(names.contains(&"modpython_my_mod_2_ms"));
-        assert_eq!(names.len(), 2 + 4 * 4);
+        assert_eq!(names.len(), 2 + 6 * 4);
         let stats = [
             Stats {
                 calls: 3,
                 errors: 1,
                 timeouts: 0,
                 seconds: 0.5,
+                ..Stats::default()
             },
             Stats {
                 calls: 2,
                 errors: 0,
                 timeouts: 1,
                 seconds: 0.25,
+                restarts: 2,
+                kills: 1,
             },
         ];
         let snap = Snapshot {
@@ -246,6 +273,8 @@ mod tests {
         assert_eq!(SelfMetric::Timeouts(Some(1)).value(&snap), Value::Uint(1));
         assert_eq!(SelfMetric::Millis(None).value(&snap), Value::Uint(750));
         assert_eq!(SelfMetric::ModulesFailed.value(&snap), Value::Uint(1));
+        assert_eq!(SelfMetric::Restarts(None).value(&snap), Value::Uint(2));
+        assert_eq!(SelfMetric::Kills(Some(1)).value(&snap), Value::Uint(1));
         assert!(metrics.iter().all(|(_, d)| d.groups == ["modpython"]));
     }
 }

@@ -38,6 +38,12 @@ pub struct HostSettings {
     pub init_timeout: Duration,
     /// What becomes of what modules write to stdout (`print`).
     pub module_stdout: ModuleStdout,
+    /// How long an isolated module's call may run before its process is
+    /// killed and started again (counted from the call's start).
+    pub kill_after: Duration,
+    /// Every module in this mode, whatever its configuration says
+    /// (`modpython-check --mode`; not a gmond setting).
+    pub forced_mode: Option<CallMode>,
 }
 
 /// What becomes of module stdout.
@@ -66,6 +72,8 @@ pub enum CallMode {
     Protected,
     /// On gmond's thread, interrupted by signal when late.
     Inline,
+    /// In a process of the module's own, restarted when it crashes.
+    Isolated,
 }
 
 impl CallMode {
@@ -73,17 +81,43 @@ impl CallMode {
         match value.trim().to_ascii_lowercase().as_str() {
             "protected" => Ok(CallMode::Protected),
             "inline" => Ok(CallMode::Inline),
-            other => Err(format!("'{other}' is not protected or inline")),
+            "isolated" => Ok(CallMode::Isolated),
+            other => Err(format!("'{other}' is not protected, inline or isolated")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallMode::Protected => "protected",
+            CallMode::Inline => "inline",
+            CallMode::Isolated => "isolated",
         }
     }
 }
 
+impl std::str::FromStr for CallMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<CallMode, String> {
+        CallMode::parse(s)
+    }
+}
+
 /// Per-module overrides (`param "modpython.NAME" { value = … }` in the module's block).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ModuleOverrides {
     pub call_timeout: Option<Duration>,
     pub call_mode: Option<CallMode>,
+    /// Isolated modules: how long a call may run before the process is killed.
+    pub kill_after: Option<Duration>,
+    /// Isolated modules: the user the module process runs as from the start.
+    pub user: Option<String>,
+    /// Isolated modules: the process's data size limit, in bytes.
+    pub memory_limit: Option<u64>,
 }
+
+/// The per-module settings, for messages.
+const MODULE_SETTINGS: &str = "call_timeout, call_mode, kill_after, user, memory_limit";
 
 impl ModuleOverrides {
     /// Reads the reserved params of one module block; problems are returned for logging.
@@ -102,8 +136,19 @@ impl ModuleOverrides {
             let applied = match key.as_str() {
                 "call_timeout" => parse_seconds(value).map(|d| overrides.call_timeout = Some(d)),
                 "call_mode" => CallMode::parse(value).map(|m| overrides.call_mode = Some(m)),
+                "kill_after" => parse_seconds(value).map(|d| overrides.kill_after = Some(d)),
+                "user" => {
+                    let user = value.trim();
+                    if user.is_empty() {
+                        Err("the user name is empty".to_owned())
+                    } else {
+                        overrides.user = Some(user.to_owned());
+                        Ok(())
+                    }
+                }
+                "memory_limit" => parse_size(value).map(|b| overrides.memory_limit = Some(b)),
                 _ => Err(format!(
-                    "unknown per-module setting (known: {MODULE_PREFIX}call_timeout, {MODULE_PREFIX}call_mode)"
+                    "unknown per-module setting (known, each after '{MODULE_PREFIX}': {MODULE_SETTINGS})"
                 )),
             };
             if let Err(why) = applied {
@@ -113,6 +158,29 @@ impl ModuleOverrides {
             }
         }
         (overrides, problems)
+    }
+}
+
+/// A memory size: a number with K, M or G (powers of 1024), or a plain
+/// number of megabytes (`"512M"`, `"1G"`, `"300"`).
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let text = value.trim();
+    let (number, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_uppercase()),
+        _ => (text, 'M'),
+    };
+    let factor: u64 = match unit {
+        'K' => 1 << 10,
+        'M' => 1 << 20,
+        'G' => 1 << 30,
+        _ => 0,
+    };
+    match number.trim().parse::<u64>() {
+        // Below 32 MiB the interpreter itself does not start.
+        Ok(n) if factor > 0 && n.saturating_mul(factor) >= 32 << 20 => Ok(n.saturating_mul(factor)),
+        _ => Err(format!(
+            "'{text}' is not a memory size of at least 32M (a number with K, M or G, e.g. 512M)"
+        )),
     }
 }
 
@@ -138,6 +206,8 @@ impl Default for HostSettings {
             self_metrics: true,
             retry_max_interval: Duration::from_secs(300),
             init_timeout: Duration::from_secs(30),
+            kill_after: Duration::from_secs(30),
+            forced_mode: None,
             module_stdout: ModuleStdout::Log,
         }
     }
@@ -159,8 +229,13 @@ pub const HOST_SETTINGS: &[Setting] = &[
     },
     Setting {
         name: "call_mode",
-        help: "protected (default): calls run on a worker thread and can never stall gmond; inline: calls run on gmond's thread, faster, interrupted by signal when late",
+        help: "protected (default): calls run on a worker thread and can never stall gmond; inline: calls run on gmond's thread, faster, interrupted by signal when late; isolated: each module runs in a process of its own, which a crash, a hard exit or a hang ends without harm to gmond, and which is started again",
         apply: |s, v| CallMode::parse(v).map(|m| s.call_mode = m),
+    },
+    Setting {
+        name: "kill_after",
+        help: "isolated modules: seconds a call may run (default 30, at least call_timeout) before the module's process is killed and started again",
+        apply: |s, v| parse_seconds(v).map(|d| s.kill_after = d),
     },
     Setting {
         name: "self_metrics",
@@ -216,7 +291,8 @@ pub const HOST_SETTINGS: &[Setting] = &[
 /// The call settings in force for one module.
 pub fn effective(host: &HostSettings, module: &ModuleOverrides) -> (CallMode, Duration) {
     (
-        module.call_mode.unwrap_or(host.call_mode),
+        host.forced_mode
+            .unwrap_or(module.call_mode.unwrap_or(host.call_mode)),
         module.call_timeout.unwrap_or(host.call_timeout),
     )
 }

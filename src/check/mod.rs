@@ -718,6 +718,7 @@ fn call_metrics(engine: &mut Engine, options: &Options, report: &mut Report) -> 
                 },
                 Skip::NoGil => "Python's GIL was held by another thread, so no call could start".to_owned(),
                 Skip::AfterLateCall => "a call before it in its batch ran late, and gmond calls the rest of the batch in the next round".to_owned(),
+                Skip::ModuleDown => "the module's process was down (it crashed or was killed, and is started again after a pause)".to_owned(),
             };
             problems.push((
                 Severity::Warning,
@@ -749,6 +750,9 @@ fn timed_out(mode: CallMode, deadline: Duration) -> String {
         ),
         CallMode::Inline => format!(
             "gmond would time this out after {seconds:.1}s (call_timeout): the call ran past its deadline and was interrupted (call_mode inline)"
+        ),
+        CallMode::Isolated => format!(
+            "gmond would time this out after {seconds:.1}s (call_timeout): the call did not return in time; gmond calls none of the module's metrics until it does, and kills the module's process after kill_after"
         ),
     }
 }

@@ -24,6 +24,7 @@ pub mod call;
 pub mod cleanup;
 pub mod failures;
 pub mod inline;
+pub mod isolated;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -37,12 +38,14 @@ use crate::cycles;
 use crate::descriptor::MetricDescriptor;
 use crate::gmond_config::{CollectedMetric, ModuleBlock};
 use crate::python::loader::report;
+use crate::isolation;
 use crate::python::{self, interrupt, loader};
 use crate::self_metrics::{self, SelfMetric, Stats};
 use crate::settings::{self, CallMode, HostSettings};
 use crate::value::{Kept, Value};
 use call::{CallTarget, Failed, Outcome, Targets};
 use failures::{Subject, Trouble};
+use isolated::{BatchResult, Happened, IsolatedModule};
 use log::Level;
 use worker::{BatchEnd, Stuck, Worker};
 
@@ -95,6 +98,9 @@ pub enum Skip {
     NoGil,
     /// A call before it in its batch ran late; it waits for the next round.
     AfterLateCall,
+    /// Its module's process is down: crashed, killed, or starting again
+    /// (isolated modules).
+    ModuleDown,
 }
 
 /// Hears what the engine does; every method has a default that does
@@ -144,6 +150,8 @@ struct ModuleState {
     stats: Stats,
     /// Time spent in calls, in `cycles` ticks (converted when reported).
     ticks: u64,
+    /// Its process, when the module is isolated.
+    isolated: Option<Box<IsolatedModule>>,
 }
 
 /// Python's GIL found held: no call can start until it is released.
@@ -231,13 +239,40 @@ impl Engine {
         Python::attach(interrupt::install)
             .map_err(|e| format!("cannot set up call deadlines: {e}"))?;
 
+        let starting: std::cell::RefCell<Vec<(String, isolated::Starting)>> = Default::default();
+        let isolate = |id: &loader::ModuleRef,
+                       block: &ModuleBlock,
+                       overrides: &settings::ModuleOverrides|
+         -> Result<Vec<MetricDescriptor>, String> {
+            let template = isolation::protocol::StartRequest {
+                parent_pid: std::process::id(),
+                dir: dir.clone(),
+                module: id.clone(),
+                block: block.clone(),
+                settings: settings.clone(),
+                trusted_uids: trusted_uids.clone(),
+                debug_level,
+                user: None,
+                memory_limit: overrides.memory_limit,
+            };
+            // The module process is waited for without the GIL held: its
+            // log lines reach gmond's log meanwhile.
+            let (process, descriptors) = Python::attach(|py| {
+                py.detach(|| isolated::start(template, overrides.user.as_deref()))
+            })?;
+            starting.borrow_mut().push((id.name.clone(), process));
+            Ok(descriptors)
+        };
         let options = loader::LoadOptions {
             settings: &settings,
-            trusted_uids,
+            trusted_uids: trusted_uids.clone(),
+            isolate: Some(&isolate),
+            only: None,
         };
         let loaded = Python::attach(|py| loader::load_all(py, &dir, &blocks, &options))?;
+        let mut starting = starting.into_inner();
 
-        let module_states: Vec<ModuleState> = loaded
+        let mut module_states: Vec<ModuleState> = loaded
             .modules
             .iter()
             .map(|m| {
@@ -249,6 +284,7 @@ impl Engine {
                     stuck: None,
                     stats: Stats::default(),
                     ticks: 0,
+                    isolated: None,
                 }
             })
             .collect();
@@ -257,6 +293,26 @@ impl Engine {
             .iter()
             .map(|m| Arc::from(m.id.name.as_str()))
             .collect();
+        for (i, state) in module_states.iter_mut().enumerate() {
+            let Some(at) = starting.iter().position(|(name, _)| *name == state.id.name) else {
+                continue;
+            };
+            let (_, process) = starting.swap_remove(at);
+            let kill_after = loaded.modules[i]
+                .overrides
+                .kill_after
+                .unwrap_or(settings.kill_after)
+                .max(state.timeout);
+            let registered = loaded
+                .metrics
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.module == i)
+                .map(|(index, m)| (index, m.descriptor.clone(), m.position));
+            state.isolated = Some(Box::new(IsolatedModule::new(
+                process, registered, kill_after,
+            )));
+        }
         let count = loaded.metrics.len();
         let mut descriptors: Vec<MetricDescriptor> = Vec::with_capacity(count);
         let mut targets = Vec::with_capacity(count);
@@ -453,6 +509,12 @@ impl Engine {
             if let Calls::Some(list) = calls {
                 self.calls_scratch = list;
             }
+            return;
+        }
+        if self.module_states[module].isolated.is_some() {
+            // No module code runs in gmond: no GIL, no signals to check.
+            self.isolated_calls(module, index, &calls, observer);
+            self.finish_calls(calls);
             return;
         }
         self.check_signals(module, SignalCheck::BeforeCalling);
@@ -660,7 +722,8 @@ impl Engine {
         if !self.in_doubt() {
             return Ok(match mode {
                 CallMode::Protected => self.worker_for_calls(),
-                CallMode::Inline => None,
+                // Isolated calls never come here (see make_calls).
+                CallMode::Inline | CallMode::Isolated => None,
             });
         }
         let Some(worker) = self.worker_for_calls() else {
@@ -869,7 +932,7 @@ impl Engine {
                         timeout.as_secs_f64(),
                         elapsed.as_secs_f64()
                     ),
-                    CallMode::Protected => format!(
+                    CallMode::Protected | CallMode::Isolated => format!(
                         "the call did not return within {:.1}s",
                         timeout.as_secs_f64()
                     ),
@@ -893,6 +956,9 @@ impl Engine {
     /// returned, and gives its result to gmond as the metric's last good
     /// value when it is one.
     fn module_ready(&mut self, module: usize) -> bool {
+        if self.module_states[module].isolated.is_some() {
+            return self.isolated_ready(module);
+        }
         let state = &mut self.module_states[module];
         let Some(stuck) = &state.stuck else {
             return true;
@@ -906,30 +972,7 @@ impl Engine {
         self.stuck -= 1;
         let mut result = String::from("it made no result");
         stuck.take_results(|j, outcome| {
-            let text = match outcome {
-                Outcome::Value(value) => {
-                    let text = format!(
-                        "its value {} is gmond's last good value now",
-                        value_text(&value)
-                    );
-                    let metric = &mut self.metrics[j];
-                    metric.current.set(value);
-                    metric.has_good = true;
-                    let was_backed_off = metric.backed_off();
-                    // A success as far as back-off goes; the line below
-                    // says so (no "recovered" line besides).
-                    if let Some(t) = &mut metric.failure {
-                        t.in_a_row = 0;
-                        t.retry_at = None;
-                    }
-                    if was_backed_off {
-                        self.backed_off -= 1;
-                    }
-                    text
-                }
-                Outcome::Failed(failed) => format!("it failed: {}", failed.summary()),
-                Outcome::TimedOut(_) => "it made no result".to_owned(),
-            };
+            let text = self.keep_late(j, outcome);
             if j == stuck.index {
                 result = text;
             }
@@ -953,6 +996,166 @@ impl Engine {
         true
     }
 
+    /// Gives gmond a late call's value as the metric's last good value; says
+    /// what the call came to, for the log.
+    fn keep_late(&mut self, j: usize, outcome: Outcome) -> String {
+        match outcome {
+            Outcome::Value(value) => {
+                let text = format!(
+                    "its value {} is gmond's last good value now",
+                    value_text(&value)
+                );
+                let metric = &mut self.metrics[j];
+                metric.current.set(value);
+                metric.has_good = true;
+                let was_backed_off = metric.backed_off();
+                // A success as far as back-off goes; the line that follows
+                // says so (no "recovered" line besides).
+                if let Some(t) = &mut metric.failure {
+                    t.in_a_row = 0;
+                    t.retry_at = None;
+                }
+                if was_backed_off {
+                    self.backed_off -= 1;
+                }
+                text
+            }
+            Outcome::Failed(failed) => format!("it failed: {}", failed.summary()),
+            Outcome::TimedOut(_) => "it made no result".to_owned(),
+        }
+    }
+
+    /// Whether an isolated module can be called now (see
+    /// [`IsolatedModule::ready`]); counts its restarts and kills, and
+    /// keeps a late batch's values.
+    fn isolated_ready(&mut self, module: usize) -> bool {
+        let Engine {
+            module_states,
+            names,
+            ..
+        } = self;
+        let state = &mut module_states[module];
+        let Some(process) = state.isolated.as_mut() else {
+            return true;
+        };
+        let (ready, happened) = process.ready(&state.id, names);
+        match happened {
+            Happened::Nothing => {}
+            Happened::Restarted => state.stats.restarts += 1,
+            Happened::Killed => state.stats.kills += 1,
+            Happened::LateResults {
+                calls,
+                outcomes,
+                running,
+                ran,
+            } => {
+                let mut result = String::from("it made no result");
+                for (j, (wire, _)) in calls.into_iter().zip(outcomes) {
+                    let text = self.keep_late(j, isolated::outcome(wire));
+                    if Some(j) == running {
+                        result = text;
+                    }
+                }
+                if let Some(j) = running {
+                    let say = match &mut self.metrics[j].failure {
+                        Some(t) => !std::mem::replace(&mut t.return_logged, true),
+                        None => true,
+                    };
+                    if say {
+                        report(
+                            Level::Warn,
+                            Some(&self.module_states[module].id),
+                            Some(&self.names[j]),
+                            format!(
+                                "the late call of metric '{}' returned after {:.1}s; {result}; the module's metrics are called again",
+                                self.names[j],
+                                ran.as_secs_f64()
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        ready
+    }
+
+    /// One batch of an isolated module: one round trip to its process.
+    fn isolated_calls<O: Observer>(
+        &mut self,
+        module: usize,
+        trigger: usize,
+        calls: &[usize],
+        observer: &mut O,
+    ) {
+        let started = cycles::now();
+        let timeout = self.module_states[module].timeout;
+        let result = {
+            let Engine {
+                module_states,
+                names,
+                timed,
+                ..
+            } = self;
+            let state = &mut module_states[module];
+            match state.isolated.as_mut() {
+                Some(process) => process.call_batch(&state.id, names, calls, timeout, *timed),
+                None => BatchResult::NotReady,
+            }
+        };
+        self.module_states[module].ticks += cycles::now().wrapping_sub(started);
+        match result {
+            BatchResult::Done(outcomes) => {
+                let made = outcomes.len();
+                for (&j, (wire, seconds)) in calls.iter().zip(outcomes) {
+                    let outcome = isolated::outcome(wire);
+                    observer.called(j, &outcome, seconds);
+                    self.apply(trigger, j, outcome, CallMode::Isolated, timeout);
+                }
+                self.not_called_after(trigger, calls, made, Skip::AfterLateCall, observer);
+            }
+            BatchResult::Late { running } => {
+                if let Some(j) = running {
+                    let metric = &self.metrics[j];
+                    let say = metric.failure.as_ref().is_none_or(|t| !t.stuck_logged);
+                    if say {
+                        let kill_after = self.module_states[module]
+                            .isolated
+                            .as_ref()
+                            .map_or(Duration::ZERO, |p| p.kill_after());
+                        report(
+                            Level::Error,
+                            Some(&self.module_states[module].id),
+                            Some(&self.names[j]),
+                            format!(
+                                "metric '{}' did not return within {:.1}s; {}; its process is killed if the call has not returned after {:.0}s (kill_after), and the module's metrics are not called until then",
+                                self.names[j],
+                                timeout.as_secs_f64(),
+                                failures::kept(metric.has_good, matches!(metric.current, Kept::Str(_))),
+                                kill_after.as_secs_f64()
+                            ),
+                        );
+                    }
+                    let outcome = Outcome::TimedOut(timeout);
+                    observer.called(j, &outcome, timeout.as_secs_f32());
+                    self.apply(trigger, j, outcome, CallMode::Isolated, timeout);
+                    if let Some(t) = &mut self.metrics[j].failure {
+                        t.stuck_logged = true;
+                        t.return_logged = false;
+                    }
+                }
+                for &j in calls {
+                    if Some(j) != running {
+                        self.metrics[j].fresh = j != trigger;
+                        observer.skipped(j, Skip::AfterLateCall);
+                    }
+                }
+            }
+            BatchResult::Crashed | BatchResult::NotReady => {
+                self.not_called(trigger, calls, Skip::ModuleDown, observer);
+            }
+        }
+    }
+
     /// Every module's `metric_cleanup()`, once, within the cleanup
     /// deadline. The worker is let go first; the calling thread never
     /// waits for the GIL here.
@@ -967,12 +1170,24 @@ impl Engine {
         }
         self.cleaned_up = true;
         self.worker = None;
+        // Module processes clean up at the same time as the modules here.
+        let until = Instant::now() + deadline;
+        for state in &mut self.module_states {
+            if let Some(process) = &mut state.isolated {
+                process.begin_cleanup();
+            }
+        }
         // Moved, not cloned: cloning a Py takes the GIL.
         let modules = std::mem::take(&mut self.modules)
             .into_iter()
-            .map(|m| (m.id, m.module))
+            .filter_map(|m| Some((m.id, m.module?)))
             .collect();
         cleanup::run_within(modules, deadline);
+        for state in &mut self.module_states {
+            if let Some(process) = &mut state.isolated {
+                process.finish_cleanup(&state.id, until);
+            }
+        }
     }
 }
 

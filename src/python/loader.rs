@@ -96,7 +96,8 @@ pub fn report(
 /// even if it registered no metrics.
 pub struct LoadedModule {
     pub id: ModuleRef,
-    pub module: Py<PyModule>,
+    /// `None` for an isolated module: it lives in a process of its own.
+    pub module: Option<Py<PyModule>>,
     /// The module block's `modpython.*` settings.
     pub overrides: ModuleOverrides,
 }
@@ -109,6 +110,9 @@ pub struct LoadedMetric {
     pub callback: Py<PyAny>,
     /// The name passed to every call, created once.
     pub py_name: Py<PyString>,
+    /// Its place among its module's metrics as `metric_init` returned
+    /// them, which is how an isolated module's process knows it.
+    pub position: u32,
 }
 
 /// Everything `init` learned from the params directory.
@@ -150,7 +154,17 @@ pub struct LoadOptions<'a> {
     pub settings: &'a HostSettings,
     /// Owners allowed for module code (see `permissions`).
     pub trusted_uids: Vec<u32>,
+    /// Loads an isolated module in a process of its own and returns its
+    /// checked descriptors (the engine's; `None` in a module process).
+    pub isolate: Option<&'a Isolate<'a>>,
+    /// Load only this module, and say nothing about the others (a module
+    /// process: gmond has said it all already).
+    pub only: Option<&'a str>,
 }
+
+/// See [`LoadOptions::isolate`].
+pub type Isolate<'a> =
+    dyn Fn(&ModuleRef, &ModuleBlock, &ModuleOverrides) -> Result<Vec<MetricDescriptor>, String> + 'a;
 
 /// Imports every configured module of `dir` and collects its metrics.
 pub fn load_all(
@@ -166,7 +180,9 @@ pub fn load_all(
         )
     })?;
     let shadowed = case_twins(&files, blocks);
-    report_block_problems(&files, blocks, &shadowed);
+    if options.only.is_none() {
+        report_block_problems(&files, blocks, &shadowed);
+    }
     // The directory is one unit of trust: any module can import any file in
     // it (helpers, and the bytecode Python caches in __pycache__), as root.
     // Configured module files are checked one by one below.
@@ -276,6 +292,9 @@ pub fn load_all(
     let mut loaded = Loaded::default();
     let mut owners: HashMap<String, ModuleRef> = HashMap::new();
     for file in &files {
+        if options.only.is_some_and(|only| only != file.stem) {
+            continue;
+        }
         let block = match select_block(blocks, &file.stem) {
             Selection::Enabled(_) if shadowed.contains(&file.path) => continue,
             Selection::Enabled(block) => block,
@@ -311,13 +330,16 @@ pub fn load_all(
         for problem in problems {
             report(log::Level::Warn, Some(&id), None, problem);
         }
-        let inline = overrides.call_mode.unwrap_or(options.settings.call_mode) == CallMode::Inline;
-        let result = if inline {
+        let mode = settings::effective(options.settings, &overrides).0;
+        let isolate = options.isolate.filter(|_| mode == CallMode::Isolated);
+        let result = if let Some(isolate) = isolate {
+            isolate(&id, block, &overrides).map(|descriptors| (None, placeholders(py, descriptors)))
+        } else if mode == CallMode::Inline {
             // Inline modules run on gmond's thread throughout, where Python
             // allows signal.signal(); the watchdog interrupts a late init.
             let armed =
                 super::interrupt::arm(py, options.settings.init_timeout, super::interrupt::INIT);
-            let result = load_module(py, dir, &id, block);
+            let result = load_module(py, dir, &id, block).map(|(m, found)| (Some(m), found));
             let late = armed.fired();
             drop(armed);
             match result {
@@ -329,6 +351,7 @@ pub fn load_all(
             }
         } else {
             load_with_deadline(py, dir, &id, block, options.settings.init_timeout)
+                .map(|(m, found)| (Some(m), found))
         };
         match result {
             Ok((module, results)) => {
@@ -368,7 +391,10 @@ pub fn load_all(
         }
         report_signal_changes(&id);
     }
-    for block in blocks.iter().filter(|b| b.is_python() && b.enabled) {
+    for block in blocks
+        .iter()
+        .filter(|b| b.is_python() && b.enabled && options.only.is_none())
+    {
         let name = block.name.as_deref().unwrap_or("");
         if !files.iter().any(|f| block.names(&f.stem)) {
             report(
@@ -383,6 +409,23 @@ pub fn load_all(
         }
     }
     Ok(loaded)
+}
+
+/// An isolated module's metrics as gmond's process holds them: their calls
+/// are made in the module's own process, so these callbacks are `None` and
+/// never called.
+fn placeholders(py: Python<'_>, descriptors: Vec<MetricDescriptor>) -> Vec<LoadedMetric> {
+    descriptors
+        .into_iter()
+        .enumerate()
+        .map(|(position, descriptor)| LoadedMetric {
+            module: 0,
+            callback: py.None(),
+            py_name: PyString::new(py, &descriptor.name).unbind(),
+            descriptor,
+            position: position as u32,
+        })
+        .collect()
 }
 
 /// Where a block was written, for messages: "at FILE:LINE", or its place
@@ -827,6 +870,7 @@ fn metrics_of(py: Python<'_>, id: &ModuleRef, items: &[Bound<'_, PyAny>]) -> Vec
             descriptor,
             callback: callback.unbind(),
             py_name,
+            position: metrics.len() as u32,
         });
     }
     for (name, found) in copies {

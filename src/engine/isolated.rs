@@ -1,0 +1,835 @@
+//! The engine's third way to call a module: in a process of its own
+//! (`call_mode = isolated`, see [`crate::isolation`]).
+//!
+//! Each isolated module has a [`Life`], a state machine that every event
+//! leaves in a final state:
+//!
+//! ```text
+//!            spawn at start-up ─► Loading ──Loaded, same metrics──► Up ◄──┐
+//!                                   │  │                              │   │ results
+//!   LoadFailed, crash, init_timeout │  └─ metrics changed ─► Refused  │   │ (late ones too)
+//!                                   ▼                                 ▼   │
+//!   Down { retry_at } ◄── crash ── Busy (past its deadline) ◄── batch sent ┘
+//!        │    ▲                      │
+//!        │    └──── killed after kill_after
+//!        └── retry_at passed: spawn ─► Loading
+//! ```
+//!
+//! gmond's thread never waits for a module process beyond a call's
+//! deadline: a start after a crash is sent off and its `Loaded` picked up
+//! in a later round.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use log::Level;
+
+use crate::descriptor::{MetricDescriptor, ValueType};
+use crate::isolation::protocol::{FromChild, StartRequest, ToChild, WireOutcome};
+use crate::isolation::{self, Event, ModuleProcess, Status};
+use crate::python::loader::{ModuleRef, report};
+use crate::python::stdio::MODULE_LOG_TARGET;
+use crate::value::ConversionError;
+
+use super::call::{Failed, Outcome};
+
+/// Restarts after crashes wait 1 s, 2 s, 4 s … up to this.
+const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// A process that ran this long before it crashed starts its back-off afresh.
+const STABLE_AFTER: Duration = Duration::from_secs(600);
+
+/// Where an isolated module is in its life.
+pub(crate) enum Life {
+    /// Started, `metric_init` not yet answered.
+    Loading {
+        process: ModuleProcess,
+        since: Instant,
+    },
+    /// Ready for a batch.
+    Up(ModuleProcess),
+    /// A batch ran past its deadline and has not answered yet.
+    Busy {
+        process: ModuleProcess,
+        seq: u32,
+        /// The metrics (engine indices) of the batch, in its order.
+        calls: Vec<usize>,
+        since: Instant,
+        /// The metric whose call was running at the deadline.
+        running: Option<usize>,
+    },
+    /// No process; the next starts at `retry_at`.
+    Down { retry_at: Instant },
+    /// Started again with other metrics than gmond registered: never called again.
+    Refused,
+}
+
+/// One isolated module, as the engine keeps it.
+pub(crate) struct IsolatedModule {
+    pub(crate) life: Life,
+    helper: PathBuf,
+    /// The start request, used again for each restart.
+    request: StartRequest,
+    /// The registered metrics: engine index, name, type, and their
+    /// position in the current process's list.
+    registered: Vec<Registered>,
+    /// Consecutive failed starts and crashes (for the back-off).
+    attempts: u32,
+    pub(crate) seq: u32,
+    kill_after: Duration,
+    init_timeout: Duration,
+    positions: Vec<u32>,
+}
+
+struct Registered {
+    index: usize,
+    name: String,
+    value_type: ValueType,
+    position: u32,
+}
+
+/// A module process starting up, before the engine knows its metrics'
+/// indices (see [`start`]).
+pub(crate) struct Starting {
+    pub(crate) process: ModuleProcess,
+    helper: PathBuf,
+    request: StartRequest,
+}
+
+/// What the engine is told about a change in a module's life, to count
+/// and to apply.
+pub(crate) enum Happened {
+    Nothing,
+    /// A late batch answered: its outcomes, for the engine to keep.
+    LateResults {
+        calls: Vec<usize>,
+        outcomes: Vec<(WireOutcome, f32)>,
+        running: Option<usize>,
+        ran: Duration,
+    },
+    Restarted,
+    Killed,
+}
+
+/// Passes a module process's log lines and loading problems on, as if the
+/// module had run here; returns any other message.
+pub(crate) fn forward(message: FromChild) -> Option<FromChild> {
+    match message {
+        FromChild::Log {
+            level,
+            module_output,
+            text,
+        } => {
+            if module_output {
+                log::log!(target: MODULE_LOG_TARGET, level, "{text}");
+            } else {
+                log::log!(level, "{text}");
+            }
+            None
+        }
+        FromChild::Diagnostic(d) => {
+            report(d.level, d.module.as_ref(), d.metric.as_deref(), d.message);
+            None
+        }
+        other => Some(other),
+    }
+}
+
+/// The user an isolated module runs as from the start (`modpython.user`).
+fn resolve_user(name: &str) -> Result<(u32, u32), String> {
+    let c_name = std::ffi::CString::new(name).map_err(|_| format!("bad user name '{name}'"))?;
+    // SAFETY: getpwnam reads a NUL-terminated name; the result points to
+    // static storage that we copy from at once.
+    let found = unsafe {
+        let pw = libc::getpwnam(c_name.as_ptr());
+        (!pw.is_null()).then(|| ((*pw).pw_uid, (*pw).pw_gid))
+    };
+    found.ok_or_else(|| format!("modpython.user '{name}' is not a user on this system"))
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Starts an isolated module's process at gmond's start-up and waits (up
+/// to `init_timeout`) for its metrics; the loader registers them as it
+/// would an in-process module's.
+pub(crate) fn start(
+    template: StartRequest,
+    user: Option<&str>,
+) -> Result<(Starting, Vec<MetricDescriptor>), String> {
+    let helper = isolation::helper_path()?;
+    let mut request = template;
+    request.user = match user {
+        Some(name) => {
+            let (uid, gid) = resolve_user(name)?;
+            if euid() != 0 && euid() != uid {
+                return Err(format!(
+                    "modpython.user '{name}' needs gmond to start as root, and it runs as uid {}; the module is skipped",
+                    euid()
+                ));
+            }
+            Some((uid, gid))
+        }
+        None => None,
+    };
+    let mut process = spawn(&helper, &request)?;
+    let until = Instant::now() + request.settings.init_timeout;
+    let descriptors = loop {
+        match process.next_event(Some(until)) {
+            Event::Message(message) => match forward(message) {
+                Some(FromChild::Loaded { descriptors }) => break descriptors,
+                Some(FromChild::LoadFailed { message }) => {
+                    process.reap(false);
+                    return Err(message);
+                }
+                _ => {}
+            },
+            Event::Closed => return Err(ended_while_loading(&mut process)),
+            Event::Timeout => {
+                process.kill();
+                process.reap(true);
+                return Err(format!(
+                    "import or metric_init did not finish within init_timeout ({:.0}s); its process was killed and the module is skipped",
+                    request.settings.init_timeout.as_secs_f64()
+                ));
+            }
+        }
+    };
+    Ok((
+        Starting {
+            process,
+            helper,
+            request,
+        },
+        descriptors,
+    ))
+}
+
+fn spawn(helper: &std::path::Path, request: &StartRequest) -> Result<ModuleProcess, String> {
+    let uid = request.user.map_or_else(euid, |(uid, _)| uid);
+    ModuleProcess::spawn(
+        helper,
+        &request.module.name,
+        &ToChild::Start(Box::new(request.clone())),
+        uid,
+    )
+    .map_err(|e| {
+        format!(
+            "cannot start its process ({}): {e}",
+            helper.display()
+        )
+    })
+}
+
+fn ended_while_loading(process: &mut ModuleProcess) -> String {
+    let how = process
+        .reap(false)
+        .map_or_else(|| "did not end".to_owned(), |e| e.how());
+    let traceback = process.crash_text();
+    format!(
+        "its process (pid {}) {how} during import or metric_init; the module is skipped{}",
+        process.pid(),
+        with_traceback(&traceback)
+    )
+}
+
+fn with_traceback(text: &str) -> String {
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!("\n{text}")
+    }
+}
+
+impl IsolatedModule {
+    /// An isolated module whose process loaded at start-up; `registered`
+    /// holds its metrics' engine indices and position in the process.
+    pub(crate) fn new(
+        starting: Starting,
+        registered: impl Iterator<Item = (usize, MetricDescriptor, u32)>,
+        kill_after: Duration,
+    ) -> IsolatedModule {
+        let init_timeout = starting.request.settings.init_timeout;
+        IsolatedModule {
+            life: Life::Up(starting.process),
+            helper: starting.helper,
+            request: starting.request,
+            registered: registered
+                .map(|(index, d, position)| Registered {
+                    index,
+                    name: d.name,
+                    value_type: d.value_type,
+                    position,
+                })
+                .collect(),
+            attempts: 0,
+            seq: 0,
+            kill_after,
+            init_timeout,
+            positions: Vec::new(),
+        }
+    }
+
+    pub(crate) fn kill_after(&self) -> Duration {
+        self.kill_after
+    }
+
+    fn position_of(&self, index: usize) -> Option<u32> {
+        let first = self.registered.first()?.index;
+        self.registered.get(index.checked_sub(first)?).map(|r| r.position)
+    }
+
+    fn index_at(&self, position: usize) -> Option<usize> {
+        self.registered
+            .iter()
+            .find(|r| r.position as usize == position)
+            .map(|r| r.index)
+    }
+
+    /// Whether a batch can be sent now. Looks at what happened since the
+    /// last round: late results, a crash, a hang past `kill_after`, a
+    /// restart due or finished.
+    pub(crate) fn ready(&mut self, id: &ModuleRef, names: &[std::sync::Arc<str>]) -> (bool, Happened) {
+        let life = std::mem::replace(&mut self.life, Life::Refused);
+        let (life, happened) = self.next_life(life, id, names);
+        self.life = life;
+        (matches!(self.life, Life::Up(_)), happened)
+    }
+
+    fn next_life(&mut self, life: Life, id: &ModuleRef, names: &[std::sync::Arc<str>]) -> (Life, Happened) {
+        match life {
+            Life::Up(mut process) => match drain(&mut process) {
+                Some(Event::Closed) => self.crashed(process, id, names, "between calls (in a thread of the module's own)"),
+                _ => (Life::Up(process), Happened::Nothing),
+            },
+            Life::Busy {
+                mut process,
+                seq,
+                calls,
+                since,
+                running,
+            } => {
+                loop {
+                    match process.next_event(None) {
+                        Event::Message(FromChild::Results { seq: s, outcomes }) if s == seq => {
+                            return (
+                                Life::Up(process),
+                                Happened::LateResults {
+                                    calls,
+                                    outcomes,
+                                    running,
+                                    ran: since.elapsed(),
+                                },
+                            );
+                        }
+                        Event::Message(message) => {
+                            forward(message);
+                        }
+                        Event::Closed => {
+                            let during = self.during(&process, names);
+                            return self.crashed(process, id, names, &during);
+                        }
+                        Event::Timeout => break,
+                    }
+                }
+                if since.elapsed() < self.kill_after {
+                    return (
+                        Life::Busy {
+                            process,
+                            seq,
+                            calls,
+                            since,
+                            running,
+                        },
+                        Happened::Nothing,
+                    );
+                }
+                let during = self.during(&process, names);
+                process.kill();
+                let ended = process.reap(true);
+                let traceback = process.crash_text();
+                let retry = self.back_off(&process);
+                report(
+                    Level::Error,
+                    Some(id),
+                    running.map(|j| &*names[j]),
+                    format!(
+                        "its process (pid {}) was killed: {during} had not returned after {:.1}s (kill_after){}; the module's metrics keep their last good values; it is started again in {:.0}s{}",
+                        process.pid(),
+                        since.elapsed().as_secs_f64(),
+                        if ended.is_none() { " (it has not died yet: a call stuck in the kernel ends when it leaves it)" } else { "" },
+                        retry.as_secs_f64(),
+                        with_traceback(&traceback)
+                    ),
+                );
+                (
+                    Life::Down {
+                        retry_at: Instant::now() + retry,
+                    },
+                    Happened::Killed,
+                )
+            }
+            Life::Loading { mut process, since } => loop {
+                match process.next_event(None) {
+                    Event::Message(message) => match forward(message) {
+                        Some(FromChild::Loaded { descriptors }) => {
+                            return self.loaded_again(process, id, &descriptors);
+                        }
+                        Some(FromChild::LoadFailed { message }) => {
+                            process.reap(false);
+                            let retry = self.back_off(&process);
+                            report(
+                                Level::Error,
+                                Some(id),
+                                None,
+                                format!(
+                                    "starting its process again failed: {message}; tried again in {:.0}s",
+                                    retry.as_secs_f64()
+                                ),
+                            );
+                            return (
+                                Life::Down {
+                                    retry_at: Instant::now() + retry,
+                                },
+                                Happened::Nothing,
+                            );
+                        }
+                        _ => {}
+                    },
+                    Event::Closed => {
+                        let why = ended_while_loading(&mut process);
+                        let why = why.replace("; the module is skipped", "");
+                        let retry = self.back_off(&process);
+                        report(
+                            Level::Error,
+                            Some(id),
+                            None,
+                            format!(
+                                "{why}\nit is started again in {:.0}s",
+                                retry.as_secs_f64()
+                            ),
+                        );
+                        return (
+                            Life::Down {
+                                retry_at: Instant::now() + retry,
+                            },
+                            Happened::Nothing,
+                        );
+                    }
+                    Event::Timeout => {
+                        if since.elapsed() < self.init_timeout {
+                            return (Life::Loading { process, since }, Happened::Nothing);
+                        }
+                        process.kill();
+                        process.reap(true);
+                        let retry = self.back_off(&process);
+                        report(
+                            Level::Error,
+                            Some(id),
+                            None,
+                            format!(
+                                "its restarted process did not finish import and metric_init within init_timeout ({:.0}s) and was killed; tried again in {:.0}s",
+                                self.init_timeout.as_secs_f64(),
+                                retry.as_secs_f64()
+                            ),
+                        );
+                        return (
+                            Life::Down {
+                                retry_at: Instant::now() + retry,
+                            },
+                            Happened::Nothing,
+                        );
+                    }
+                }
+            },
+            Life::Down { retry_at } => {
+                if Instant::now() < retry_at {
+                    return (Life::Down { retry_at }, Happened::Nothing);
+                }
+                isolation::reap_unreaped();
+                if let Some((uid, _)) = self.request.user {
+                    if euid() != 0 && euid() != uid {
+                        report(
+                            Level::Error,
+                            Some(id),
+                            None,
+                            format!(
+                                "its process cannot be started again as modpython.user (uid {uid}): gmond runs as uid {} now; the module stays down until gmond is restarted",
+                                euid()
+                            ),
+                        );
+                        return (Life::Refused, Happened::Nothing);
+                    }
+                }
+                match spawn(&self.helper, &self.request) {
+                    Ok(process) => {
+                        let life = Life::Loading {
+                            process,
+                            since: Instant::now(),
+                        };
+                        // Often ready at once for a small module; if not,
+                        // a later round picks it up.
+                        self.next_life(life, id, names)
+                    }
+                    Err(why) => {
+                        self.attempts += 1;
+                        let retry = backoff(self.attempts);
+                        report(
+                            Level::Error,
+                            Some(id),
+                            None,
+                            format!("{why}; tried again in {:.0}s", retry.as_secs_f64()),
+                        );
+                        (
+                            Life::Down {
+                                retry_at: Instant::now() + retry,
+                            },
+                            Happened::Nothing,
+                        )
+                    }
+                }
+            }
+            Life::Refused => (Life::Refused, Happened::Nothing),
+        }
+    }
+
+    /// A restarted process answered `metric_init`: it goes on only with
+    /// the metrics gmond registered, each of the same type.
+    fn loaded_again(
+        &mut self,
+        process: ModuleProcess,
+        id: &ModuleRef,
+        descriptors: &[MetricDescriptor],
+    ) -> (Life, Happened) {
+        let registered: Vec<(&str, ValueType)> = self
+            .registered
+            .iter()
+            .map(|r| (r.name.as_str(), r.value_type))
+            .collect();
+        match match_descriptors(&registered, descriptors) {
+            Ok(positions) => {
+                for (r, p) in self.registered.iter_mut().zip(positions) {
+                    r.position = p;
+                }
+                report(
+                    Level::Warn,
+                    Some(id),
+                    None,
+                    format!(
+                        "its process was started again (pid {}); its metrics are called again",
+                        process.pid()
+                    ),
+                );
+                (Life::Up(process), Happened::Restarted)
+            }
+            Err(changes) => {
+                drop(process);
+                report(
+                    Level::Error,
+                    Some(id),
+                    None,
+                    format!(
+                        "its restarted process returned other metrics from metric_init than gmond registered at start-up ({}); gmond's metric table cannot change after start-up, so the module is refused until gmond restarts, and its metrics keep their last good values",
+                        changes.join("; ")
+                    ),
+                );
+                (Life::Refused, Happened::Restarted)
+            }
+        }
+    }
+
+    /// "the call of metric 'x'", from the process's status page.
+    fn during(&self, process: &ModuleProcess, names: &[std::sync::Arc<str>]) -> String {
+        match process.status().phase() {
+            Status::CALLING => match process
+                .status()
+                .current_call()
+                .and_then(|p| self.index_at(p))
+            {
+                Some(j) => format!("the call of metric '{}'", names[j]),
+                None => "a call of a metric gmond did not register".to_owned(),
+            },
+            Status::CLEANUP => "metric_cleanup".to_owned(),
+            Status::LOADING => "import or metric_init".to_owned(),
+            _ => "module code after its calls (a hook, a destructor or a thread of its own)".to_owned(),
+        }
+    }
+
+    fn crashed(
+        &mut self,
+        mut process: ModuleProcess,
+        id: &ModuleRef,
+        names: &[std::sync::Arc<str>],
+        during: &str,
+    ) -> (Life, Happened) {
+        let ended = process.reap(false);
+        let how = ended.map_or_else(|| "did not end".to_owned(), |e| e.how());
+        let traceback = process.crash_text();
+        let metric = process
+            .status()
+            .current_call()
+            .and_then(|p| self.index_at(p));
+        let retry = self.back_off(&process);
+        report(
+            Level::Error,
+            Some(id),
+            metric.map(|j| &*names[j]),
+            format!(
+                "its process (pid {}) {how} during {during}; the module's metrics keep their last good values; it is started again in {:.0}s{}",
+                process.pid(),
+                retry.as_secs_f64(),
+                with_traceback(&traceback)
+            ),
+        );
+        (
+            Life::Down {
+                retry_at: Instant::now() + retry,
+            },
+            Happened::Nothing,
+        )
+    }
+
+    fn back_off(&mut self, process: &ModuleProcess) -> Duration {
+        if process.started.elapsed() >= STABLE_AFTER {
+            self.attempts = 0;
+        }
+        self.attempts += 1;
+        backoff(self.attempts)
+    }
+
+    /// Sends a batch and waits for its outcomes until `timeout`. Returns
+    /// the outcomes in the batch's order, or what stopped them.
+    pub(crate) fn call_batch(
+        &mut self,
+        id: &ModuleRef,
+        names: &[std::sync::Arc<str>],
+        calls: &[usize],
+        timeout: Duration,
+        timed: bool,
+    ) -> BatchResult {
+        let Life::Up(mut process) = std::mem::replace(&mut self.life, Life::Refused) else {
+            return BatchResult::NotReady;
+        };
+        let started = Instant::now();
+        // gmond dropped its privileges after init: the module process
+        // follows before it makes another call, as in-process code would.
+        if process.uid == 0 && euid() != 0 {
+            // SAFETY: getegid has no preconditions.
+            let gid = unsafe { libc::getegid() };
+            let uid = euid();
+            if process.send(&ToChild::BecomeUser { uid, gid }).is_ok() {
+                process.uid = uid;
+            }
+        }
+        let mut positions = std::mem::take(&mut self.positions);
+        positions.clear();
+        positions.extend(calls.iter().map(|&j| self.position_of(j).unwrap_or(u32::MAX)));
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let sent = process.send_calls(seq, timed, &positions);
+        self.positions = positions;
+        if sent.is_err() {
+            let during = self.during(&process, names);
+            let (life, _) = self.crashed(process, id, names, &during);
+            self.life = life;
+            return BatchResult::Crashed;
+        }
+        let until = started + timeout;
+        loop {
+            match process.next_event(Some(until)) {
+                Event::Message(FromChild::Results { seq: s, outcomes }) if s == seq => {
+                    self.life = Life::Up(process);
+                    return BatchResult::Done(outcomes);
+                }
+                Event::Message(message) => {
+                    forward(message);
+                }
+                Event::Closed => {
+                    let during = self.during(&process, names);
+                    let (life, _) = self.crashed(process, id, names, &during);
+                    self.life = life;
+                    return BatchResult::Crashed;
+                }
+                Event::Timeout => {
+                    let running = process
+                        .status()
+                        .current_call()
+                        .and_then(|p| self.index_at(p));
+                    self.life = Life::Busy {
+                        process,
+                        seq,
+                        calls: calls.to_vec(),
+                        since: started,
+                        running,
+                    };
+                    return BatchResult::Late { running };
+                }
+            }
+        }
+    }
+
+    /// Asks the process to run `metric_cleanup()` and exit; what cannot
+    /// (still loading) is killed.
+    pub(crate) fn begin_cleanup(&mut self) {
+        match &mut self.life {
+            Life::Up(process) | Life::Busy { process, .. } => {
+                if process.send(&ToChild::Cleanup).is_err() {
+                    process.kill();
+                }
+            }
+            Life::Loading { process, .. } => process.kill(),
+            Life::Down { .. } | Life::Refused => {}
+        }
+    }
+
+    /// Waits until `until` for the process to finish its cleanup, then
+    /// makes sure it is gone.
+    pub(crate) fn finish_cleanup(&mut self, id: &ModuleRef, until: Instant) {
+        let life = std::mem::replace(&mut self.life, Life::Refused);
+        let (Life::Up(mut process) | Life::Busy { mut process, .. } | Life::Loading { mut process, .. }) =
+            life
+        else {
+            return;
+        };
+        loop {
+            match process.next_event(Some(until)) {
+                Event::Message(FromChild::CleanedUp) | Event::Closed => break,
+                Event::Message(message) => {
+                    forward(message);
+                }
+                Event::Timeout => {
+                    report(
+                        Level::Error,
+                        Some(id),
+                        None,
+                        format!(
+                            "its process (pid {}) did not finish metric_cleanup in time and is killed",
+                            process.pid()
+                        ),
+                    );
+                    process.kill();
+                    break;
+                }
+            }
+        }
+        // Exits on its own right after CleanedUp; killed if it lingers.
+        process.reap(false);
+    }
+}
+
+/// What became of a batch sent to a module process.
+pub(crate) enum BatchResult {
+    Done(Vec<(WireOutcome, f32)>),
+    /// Past the deadline; `running` is the metric whose call was running.
+    Late { running: Option<usize> },
+    Crashed,
+    NotReady,
+}
+
+/// Reads what arrived without waiting: log lines are passed on; returns
+/// `Closed` if the process ended.
+fn drain(process: &mut ModuleProcess) -> Option<Event> {
+    loop {
+        match process.next_event(None) {
+            Event::Message(message) => {
+                forward(message);
+            }
+            Event::Closed => return Some(Event::Closed),
+            Event::Timeout => return None,
+        }
+    }
+}
+
+/// The wait before the `attempts`-th restart.
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.saturating_sub(1).min(6)).min(RESTART_BACKOFF_MAX)
+}
+
+/// An outcome from a module process, as the engine applies it.
+pub(crate) fn outcome(wire: WireOutcome) -> Outcome {
+    match wire {
+        WireOutcome::Value(v) => Outcome::Value(v),
+        WireOutcome::Raised { summary, detail } => Outcome::Failed(Failed::Raised { summary, detail }),
+        WireOutcome::Conversion(why) => Outcome::Failed(Failed::Value(ConversionError(why))),
+    }
+}
+
+/// The positions, in a restarted process's list, of the metrics gmond
+/// registered (by name and type), or what changed.
+pub(crate) fn match_descriptors(
+    registered: &[(&str, ValueType)],
+    new: &[MetricDescriptor],
+) -> Result<Vec<u32>, Vec<String>> {
+    let mut changes = Vec::new();
+    let mut positions = Vec::with_capacity(registered.len());
+    for (name, value_type) in registered {
+        match new.iter().position(|d| d.name == *name) {
+            Some(p) if new[p].value_type == *value_type => positions.push(p as u32),
+            Some(p) => changes.push(format!(
+                "metric '{name}' was {}, now {}",
+                value_type.as_str(),
+                new[p].value_type.as_str()
+            )),
+            None => changes.push(format!("metric '{name}' is gone")),
+        }
+    }
+    for d in new {
+        if !registered.iter().any(|(name, _)| *name == d.name) {
+            changes.push(format!("metric '{}' is new", d.name));
+        }
+    }
+    if changes.is_empty() {
+        Ok(positions)
+    } else {
+        Err(changes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(name: &str, value_type: ValueType) -> MetricDescriptor {
+        MetricDescriptor {
+            name: name.into(),
+            value_type,
+            time_max: 60,
+            units: String::new(),
+            slope: "both".into(),
+            format: "%u".into(),
+            description: String::new(),
+            groups: Vec::new(),
+            extra: Vec::new(),
+            callback_key: "call_back".into(),
+        }
+    }
+
+    #[test]
+    fn the_same_metrics_in_another_order_match() {
+        let registered = [("a", ValueType::Uint), ("b", ValueType::Float)];
+        let new = [d("b", ValueType::Float), d("a", ValueType::Uint)];
+        assert_eq!(match_descriptors(&registered, &new), Ok(vec![1, 0]));
+    }
+
+    #[test]
+    fn changes_are_named() {
+        let registered = [("a", ValueType::Uint), ("b", ValueType::Float)];
+        let new = [d("a", ValueType::Double), d("c", ValueType::Uint)];
+        assert_eq!(
+            match_descriptors(&registered, &new),
+            Err(vec![
+                "metric 'a' was uint, now double".to_owned(),
+                "metric 'b' is gone".to_owned(),
+                "metric 'c' is new".to_owned(),
+            ])
+        );
+    }
+
+    #[test]
+    fn back_off_doubles_up_to_a_minute() {
+        let waits: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+    }
+}
