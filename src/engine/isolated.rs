@@ -215,12 +215,7 @@ fn spawn(helper: &std::path::Path, request: &StartRequest) -> Result<ModuleProce
         &ToChild::Start(Box::new(request.clone())),
         uid,
     )
-    .map_err(|e| {
-        format!(
-            "cannot start its process ({}): {e}",
-            helper.display()
-        )
-    })
+    .map_err(|e| format!("cannot start its process ({}): {e}", helper.display()))
 }
 
 fn ended_while_loading(process: &mut ModuleProcess) -> String {
@@ -278,7 +273,9 @@ impl IsolatedModule {
 
     fn position_of(&self, index: usize) -> Option<u32> {
         let first = self.registered.first()?.index;
-        self.registered.get(index.checked_sub(first)?).map(|r| r.position)
+        self.registered
+            .get(index.checked_sub(first)?)
+            .map(|r| r.position)
     }
 
     fn index_at(&self, position: usize) -> Option<usize> {
@@ -291,17 +288,31 @@ impl IsolatedModule {
     /// Whether a batch can be sent now. Looks at what happened since the
     /// last round: late results, a crash, a hang past `kill_after`, a
     /// restart due or finished.
-    pub(crate) fn ready(&mut self, id: &ModuleRef, names: &[std::sync::Arc<str>]) -> (bool, Happened) {
+    pub(crate) fn ready(
+        &mut self,
+        id: &ModuleRef,
+        names: &[std::sync::Arc<str>],
+    ) -> (bool, Happened) {
         let life = std::mem::replace(&mut self.life, Life::Refused);
         let (life, happened) = self.next_life(life, id, names);
         self.life = life;
         (matches!(self.life, Life::Up(_)), happened)
     }
 
-    fn next_life(&mut self, life: Life, id: &ModuleRef, names: &[std::sync::Arc<str>]) -> (Life, Happened) {
+    fn next_life(
+        &mut self,
+        life: Life,
+        id: &ModuleRef,
+        names: &[std::sync::Arc<str>],
+    ) -> (Life, Happened) {
         match life {
             Life::Up(mut process) => match drain(&mut process) {
-                Some(Event::Closed) => self.crashed(process, id, names, "between calls (in a thread of the module's own)"),
+                Some(Event::Closed) => self.crashed(
+                    process,
+                    id,
+                    names,
+                    "between calls (in a thread of the module's own)",
+                ),
                 _ => (Life::Up(process), Happened::Nothing),
             },
             Life::Busy {
@@ -359,7 +370,11 @@ impl IsolatedModule {
                         "its process (pid {}) was killed: {during} had not returned after {:.1}s (kill_after){}; the module's metrics keep their last good values; it is started again in {:.0}s{}",
                         process.pid(),
                         since.elapsed().as_secs_f64(),
-                        if ended.is_none() { " (it has not died yet: a call stuck in the kernel ends when it leaves it)" } else { "" },
+                        if ended.is_none() {
+                            " (it has not died yet: a call stuck in the kernel ends when it leaves it)"
+                        } else {
+                            ""
+                        },
                         retry.as_secs_f64(),
                         with_traceback(&traceback)
                     ),
@@ -406,10 +421,7 @@ impl IsolatedModule {
                             Level::Error,
                             Some(id),
                             None,
-                            format!(
-                                "{why}\nit is started again in {:.0}s",
-                                retry.as_secs_f64()
-                            ),
+                            format!("{why}\nit is started again in {:.0}s", retry.as_secs_f64()),
                         );
                         return (
                             Life::Down {
@@ -553,7 +565,8 @@ impl IsolatedModule {
             },
             Status::CLEANUP => "metric_cleanup".to_owned(),
             Status::LOADING => "import or metric_init".to_owned(),
-            _ => "module code after its calls (a hook, a destructor or a thread of its own)".to_owned(),
+            _ => "module code after its calls (a hook, a destructor or a thread of its own)"
+                .to_owned(),
         }
     }
 
@@ -625,7 +638,11 @@ impl IsolatedModule {
         }
         let mut positions = std::mem::take(&mut self.positions);
         positions.clear();
-        positions.extend(calls.iter().map(|&j| self.position_of(j).unwrap_or(u32::MAX)));
+        positions.extend(
+            calls
+                .iter()
+                .map(|&j| self.position_of(j).unwrap_or(u32::MAX)),
+        );
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let sent = process.send_calls(seq, timed, &positions);
@@ -688,8 +705,9 @@ impl IsolatedModule {
     /// makes sure it is gone.
     pub(crate) fn finish_cleanup(&mut self, id: &ModuleRef, until: Instant) {
         let life = std::mem::replace(&mut self.life, Life::Refused);
-        let (Life::Up(mut process) | Life::Busy { mut process, .. } | Life::Loading { mut process, .. }) =
-            life
+        let (Life::Up(mut process)
+        | Life::Busy { mut process, .. }
+        | Life::Loading { mut process, .. }) = life
         else {
             return;
         };
@@ -723,7 +741,9 @@ impl IsolatedModule {
 pub(crate) enum BatchResult {
     Done(Vec<(WireOutcome, f32)>),
     /// Past the deadline; `running` is the metric whose call was running.
-    Late { running: Option<usize> },
+    Late {
+        running: Option<usize>,
+    },
     Crashed,
     NotReady,
 }
@@ -751,7 +771,9 @@ fn backoff(attempts: u32) -> Duration {
 pub(crate) fn outcome(wire: WireOutcome) -> Outcome {
     match wire {
         WireOutcome::Value(v) => Outcome::Value(v),
-        WireOutcome::Raised { summary, detail } => Outcome::Failed(Failed::Raised { summary, detail }),
+        WireOutcome::Raised { summary, detail } => {
+            Outcome::Failed(Failed::Raised { summary, detail })
+        }
         WireOutcome::Conversion(why) => Outcome::Failed(Failed::Value(ConversionError(why))),
     }
 }

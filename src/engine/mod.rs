@@ -37,8 +37,8 @@ use crate::collection::{self, Plan};
 use crate::cycles;
 use crate::descriptor::MetricDescriptor;
 use crate::gmond_config::{CollectedMetric, ModuleBlock};
-use crate::python::loader::report;
 use crate::isolation;
+use crate::python::loader::report;
 use crate::python::{self, interrupt, loader};
 use crate::self_metrics::{self, SelfMetric, Stats};
 use crate::settings::{self, CallMode, HostSettings};
@@ -1130,7 +1130,10 @@ impl Engine {
                                 "metric '{}' did not return within {:.1}s; {}; its process is killed if the call has not returned after {:.0}s (kill_after), and the module's metrics are not called until then",
                                 self.names[j],
                                 timeout.as_secs_f64(),
-                                failures::kept(metric.has_good, matches!(metric.current, Kept::Str(_))),
+                                failures::kept(
+                                    metric.has_good,
+                                    matches!(metric.current, Kept::Str(_))
+                                ),
                                 kill_after.as_secs_f64()
                             ),
                         );

@@ -20,7 +20,9 @@ use pyo3::exceptions::PyMemoryError;
 use pyo3::prelude::*;
 
 use super::protocol::{Encoder, FrameBuffer, FromChild, StartRequest, ToChild, WireOutcome};
-use super::{CRASH_FD, EXIT_LOST_PARENT, EXIT_MEMORY, EXIT_PRIVILEGES, SOCKET_FD, STATUS_FD, Status};
+use super::{
+    CRASH_FD, EXIT_LOST_PARENT, EXIT_MEMORY, EXIT_PRIVILEGES, SOCKET_FD, STATUS_FD, Status,
+};
 use crate::engine::call::{self, CallTarget, Step};
 use crate::python::{self, loader, stdio};
 use crate::settings::CallMode;
@@ -208,7 +210,9 @@ fn load(request: &StartRequest) -> Result<Module, String> {
             // A fatal signal's traceback goes to gmond, which logs it.
             let faulthandler = py.import("faulthandler").map_err(|e| e.to_string())?;
             let kwargs = pyo3::types::PyDict::new(py);
-            kwargs.set_item("file", CRASH_FD).map_err(|e| e.to_string())?;
+            kwargs
+                .set_item("file", CRASH_FD)
+                .map_err(|e| e.to_string())?;
             kwargs
                 .set_item("all_threads", false)
                 .map_err(|e| e.to_string())?;
@@ -225,7 +229,12 @@ fn load(request: &StartRequest) -> Result<Module, String> {
                 isolate: None,
                 only: Some(&request.module.name),
             };
-            loader::load_all(py, &request.dir, std::slice::from_ref(&request.block), &options)
+            loader::load_all(
+                py,
+                &request.dir,
+                std::slice::from_ref(&request.block),
+                &options,
+            )
         })
     });
     for d in diagnostics {
@@ -340,7 +349,11 @@ fn serve(
             ToChild::Cleanup => {
                 status.set_phase(Status::CLEANUP);
                 Python::attach(|py| {
-                    loader::cleanup_modules(py, &[(module.id.clone(), module.module.clone_ref(py))], &|_| {})
+                    loader::cleanup_modules(
+                        py,
+                        &[(module.id.clone(), module.module.clone_ref(py))],
+                        &|_| {},
+                    )
                 });
                 send_message(&FromChild::CleanedUp);
                 return 0;

@@ -162,7 +162,12 @@ pub fn helper_path() -> Result<PathBuf, String> {
     }
     let candidates: Vec<PathBuf> = dirs
         .iter()
-        .flat_map(|d| [Some(d.join(HELPER_NAME)), d.parent().map(|p| p.join(HELPER_NAME))])
+        .flat_map(|d| {
+            [
+                Some(d.join(HELPER_NAME)),
+                d.parent().map(|p| p.join(HELPER_NAME)),
+            ]
+        })
         .flatten()
         .collect();
     candidates
@@ -201,7 +206,7 @@ impl Ended {
     /// "killed by signal SIGSEGV (segmentation fault)", "exited with status 3", …
     pub fn how(&self) -> String {
         match (self.signal, self.code) {
-            (Some(s), _) => format!("killed by signal {}", signal_name(s)),
+            (Some(s), _) => format!("was killed by signal {}", signal_name(s)),
             (None, Some(EXIT_MEMORY)) => {
                 "ended: it went over its modpython.memory_limit (MemoryError)".to_owned()
             }
@@ -317,9 +322,7 @@ impl ModuleProcess {
             inherited[2].as_raw_fd(),
         ];
         let mut command = std::process::Command::new(helper);
-        command
-            .arg(module_name)
-            .stdin(std::process::Stdio::null());
+        command.arg(module_name).stdin(std::process::Stdio::null());
         // SAFETY: runs in the forked child before exec and only makes
         // async-signal-safe system calls on descriptors and the process's
         // own settings.

@@ -48,7 +48,10 @@ pub enum ToChild {
         positions: Vec<u32>,
     },
     /// gmond dropped its privileges: do the same before the next call.
-    BecomeUser { uid: u32, gid: u32 },
+    BecomeUser {
+        uid: u32,
+        gid: u32,
+    },
     /// Run `metric_cleanup()` and exit.
     Cleanup,
 }
@@ -395,7 +398,10 @@ impl Encoder {
 // ----- decoding -------------------------------------------------------------
 
 fn bad(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("malformed frame: {what}"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("malformed frame: {what}"),
+    )
 }
 
 pub struct Decoder<'a> {
@@ -415,16 +421,24 @@ impl<'a> Decoder<'a> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> io::Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap_or([0; 4])))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().unwrap_or([0; 4]),
+        ))
     }
     fn u64(&mut self) -> io::Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap_or([0; 8])))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or([0; 8]),
+        ))
     }
     fn f32(&mut self) -> io::Result<f32> {
-        Ok(f32::from_le_bytes(self.take(4)?.try_into().unwrap_or([0; 4])))
+        Ok(f32::from_le_bytes(
+            self.take(4)?.try_into().unwrap_or([0; 4]),
+        ))
     }
     fn f64(&mut self) -> io::Result<f64> {
-        Ok(f64::from_le_bytes(self.take(8)?.try_into().unwrap_or([0; 8])))
+        Ok(f64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or([0; 8]),
+        ))
     }
     fn str(&mut self) -> io::Result<String> {
         let n = self.u32()? as usize;
@@ -847,6 +861,8 @@ mod tests {
         assert!(fb.next_frame().unwrap().is_none());
         fb.fill(&mut &bytes[5..]).unwrap();
         let (kind, mut d) = fb.next_frame().unwrap().unwrap();
-        assert!(matches!(d.to_child(kind).unwrap(), ToChild::Calls { positions, .. } if positions == [1, 2, 3]));
+        assert!(
+            matches!(d.to_child(kind).unwrap(), ToChild::Calls { positions, .. } if positions == [1, 2, 3])
+        );
     }
 }

@@ -163,8 +163,8 @@ pub struct LoadOptions<'a> {
 }
 
 /// See [`LoadOptions::isolate`].
-pub type Isolate<'a> =
-    dyn Fn(&ModuleRef, &ModuleBlock, &ModuleOverrides) -> Result<Vec<MetricDescriptor>, String> + 'a;
+pub type Isolate<'a> = dyn Fn(&ModuleRef, &ModuleBlock, &ModuleOverrides) -> Result<Vec<MetricDescriptor>, String>
+    + 'a;
 
 /// Imports every configured module of `dir` and collects its metrics.
 pub fn load_all(

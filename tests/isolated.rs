@@ -1,0 +1,467 @@
+//! Isolated modules (`call_mode = isolated`) against the real gmond. Each
+//! case runs a faulty isolated module beside a healthy protected module and
+//! a healthy inline one, and asserts that
+//!
+//! * gmond stays alive, and both healthy modules are updated every round
+//!   while the faulty one crashes, hangs or is restarted;
+//! * the log names the module, the metric and how its process ended, with
+//!   the Python traceback where `faulthandler` can write one;
+//! * the faulty module is back after its restart, where it can be (its
+//!   metric is the process's pid, so a new process shows a new value);
+//! * no module process is left once gmond stops, by SIGTERM, a SIGHUP
+//!   re-exec or SIGKILL.
+
+mod common;
+#[path = "common/pymod.rs"]
+mod pymod;
+
+use std::time::{Duration, Instant};
+
+use common::{Gmond, GmondBuilder, secs};
+
+/// gmond's deadline for a call in every case (host param).
+const CALL_TIMEOUT: &str = "1";
+/// How long a healthy counter may go without a new value in the XML: its
+/// group sends every second, and a round waits at most one call_timeout
+/// for the isolated module.
+const MAX_STALL: Duration = Duration::from_millis(3500);
+const FIRST_VALUES: Duration = Duration::from_secs(20);
+
+/// The faulty module's metric: its process's pid, so a restart shows.
+const PID_METRIC: &str = r#"
+import ctypes
+
+_DIR = os.environ["TMPDIR"]
+_NAME = METRIC
+_calls = 0
+
+def _once(name):
+    marker = os.path.join(_DIR, name)
+    if os.path.exists(marker):
+        return False
+    open(marker, "w").close()
+    return True
+
+def pid(name):
+    global _calls
+    _calls += 1
+    if _calls == 3 and _once("fault.done"):
+        FAULT
+    return os.getpid()
+
+def metric_init(params):
+    INIT_FAULT
+    return [desc(_NAME, pid)]
+"#;
+
+struct Case {
+    /// The faulty module's name (unique among the tests: its processes
+    /// are found by it).
+    name: &'static str,
+    /// Python statement(s) run on the faulty module's third call.
+    fault: &'static str,
+    /// Python statement(s) run at the start of every metric_init.
+    init_fault: &'static str,
+    settings: Vec<(&'static str, &'static str)>,
+}
+
+impl Case {
+    fn new(name: &'static str, fault: &'static str) -> Case {
+        Case {
+            name,
+            fault,
+            init_fault: "pass",
+            settings: Vec::new(),
+        }
+    }
+
+    fn metric(&self) -> String {
+        format!("{}_pid", self.name)
+    }
+
+    fn start(&self) -> Gmond {
+        let body = PID_METRIC
+            .replace("INIT_FAULT", self.init_fault)
+            .replace("FAULT", self.fault)
+            .replace("METRIC", &format!("{:?}", self.metric()));
+        let mut extra = pymod::setting("call_mode", "isolated");
+        for (k, v) in &self.settings {
+            extra.push(' ');
+            extra.push_str(&pymod::setting(k, v));
+        }
+        GmondBuilder::new()
+            .host_param("call_timeout", CALL_TIMEOUT)
+            .module_file(&format!("{}.py", self.name), &pymod::module("iso", &body))
+            .module_file(
+                "healthy_p.py",
+                &pymod::module("iso", &pymod::counter("healthy_p")),
+            )
+            .module_file(
+                "healthy_i.py",
+                &pymod::module("iso", &pymod::counter("healthy_i")),
+            )
+            .pyconf_text(
+                "iso",
+                &pymod::pyconf(
+                    &[
+                        (self.name, &extra),
+                        ("healthy_p", &pymod::setting("call_mode", "protected")),
+                        ("healthy_i", &pymod::setting("call_mode", "inline")),
+                    ],
+                    &["^healthy_", &format!("^{}_", self.name), "^modpython_"],
+                ),
+            )
+            .start()
+    }
+}
+
+/// Pids of the live module processes running module `name`.
+fn module_processes(name: &str) -> Vec<u32> {
+    let wanted = format!("modpython-module\0{name}\0");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline);
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // A zombie has exited already; it is gmond's to reap, not alive.
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if text.contains(&wanted) && !zombie {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Asserts no process of module `name` is left, allowing the kernel a
+/// moment to deliver a parent-death signal.
+#[track_caller]
+fn assert_no_module_process(g: &Gmond, name: &str, after: &str) {
+    let deadline = Instant::now() + secs(5);
+    loop {
+        let left = module_processes(name);
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            g.fail(&format!(
+                "module processes of '{name}' still running after {after}: {left:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Watches the XML until `done` holds (or `timeout`), asserting all along
+/// that gmond answers and that both healthy counters get a new value at
+/// least every [`MAX_STALL`].
+#[track_caller]
+fn watch_healthy(g: &Gmond, timeout: Duration, mut done: impl FnMut(&Gmond) -> bool) {
+    let start = Instant::now();
+    let mut last: [(f64, Instant); 2] = [(0.0, start), (0.0, start)];
+    loop {
+        gmond_assert!(g, g.is_running(), "gmond died");
+        let x = g
+            .try_xml()
+            .unwrap_or_else(|e| g.fail(&format!("gmond did not answer on its XML port: {e}")));
+        for (i, name) in ["healthy_p", "healthy_i"].iter().enumerate() {
+            let v = x.metric(name).map_or(0.0, |m| m.val_f64());
+            if v > last[i].0 {
+                last[i] = (v, Instant::now());
+            }
+            let stalled = last[i].1.elapsed();
+            gmond_assert!(
+                g,
+                stalled <= MAX_STALL,
+                "healthy module {name} got no new value for {stalled:?} (last {})",
+                last[i].0
+            );
+        }
+        if done(g) {
+            return;
+        }
+        if start.elapsed() > timeout {
+            g.fail("the expected state was not reached in time");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Waits for the first values of all three modules; returns the faulty
+/// module's first pid.
+fn first_pid(g: &Gmond, case: &Case) -> f64 {
+    g.wait_metric("healthy_p", FIRST_VALUES);
+    g.wait_metric("healthy_i", FIRST_VALUES);
+    g.wait_metric(&case.metric(), FIRST_VALUES).val_f64()
+}
+
+/// Watches until the faulty module publishes a pid other than `old` (its
+/// restarted process answers), the healthy ones updated all along.
+fn wait_restarted(g: &Gmond, case: &Case, old: f64, timeout: Duration) -> f64 {
+    let mut new = old;
+    watch_healthy(g, timeout, |g| {
+        new = g.metric(&case.metric()).map_or(old, |m| m.val_f64());
+        new != old
+    });
+    new
+}
+
+#[track_caller]
+fn stop_with_sigterm(g: &Gmond, case: &Case) {
+    g.signal(libc::SIGTERM);
+    gmond_assert!(
+        g,
+        g.wait_exit(secs(15)).is_some(),
+        "gmond did not exit on SIGTERM"
+    );
+    assert_no_module_process(g, case.name, "SIGTERM");
+}
+
+#[test]
+fn a_segfault_is_a_crash_of_the_module_process_only() {
+    let case = Case::new("iso_segv", "ctypes.string_at(0)");
+    let g = case.start();
+    let pid = first_pid(&g, &case);
+    let module = g.module_ref(case.name);
+    let line = g.wait_line(
+        &[
+            &module,
+            "killed by signal SIGSEGV",
+            "during the call of metric 'iso_segv_pid'",
+        ],
+        secs(20),
+    );
+    gmond_assert!(g, line.contains("keep their last good values"), "{line}");
+    // faulthandler's traceback of the crashing thread follows the line.
+    g.wait_line(&["Fatal Python error: Segmentation fault"], secs(5));
+    g.wait_line(&["iso_segv.py", "in pid"], secs(5));
+    let new = wait_restarted(&g, &case, pid, secs(20));
+    gmond_assert!(g, new != pid, "no new process");
+    g.wait_line(&[&module, "its process was started again"], secs(5));
+    // The restart is counted in the module's self metric.
+    watch_healthy(&g, secs(10), |g| {
+        g.metric("modpython_iso_segv_restarts")
+            .is_some_and(|m| m.val_f64() >= 1.0)
+    });
+    stop_with_sigterm(&g, &case);
+    // metric_cleanup ran in the module process too: its output is in the log.
+}
+
+#[test]
+fn os_exit_is_reported_with_its_status_and_sigkill_of_gmond_leaves_no_process() {
+    let case = Case::new("iso_exit", "os._exit(3)");
+    let g = case.start();
+    let pid = first_pid(&g, &case);
+    g.wait_line(
+        &[
+            &g.module_ref(case.name),
+            "exited with status 3",
+            "during the call of metric 'iso_exit_pid'",
+        ],
+        secs(20),
+    );
+    wait_restarted(&g, &case, pid, secs(20));
+    gmond_assert!(
+        g,
+        !module_processes(case.name).is_empty(),
+        "no module process while gmond runs"
+    );
+    g.signal(libc::SIGKILL);
+    g.wait_exit(secs(10));
+    assert_no_module_process(&g, case.name, "SIGKILL of gmond");
+}
+
+#[test]
+fn abort_is_reported_with_its_traceback_and_a_sighup_reexec_leaves_no_old_process() {
+    let case = Case::new("iso_abort", "os.abort()");
+    let g = case.start();
+    let pid = first_pid(&g, &case);
+    g.wait_line(
+        &[
+            &g.module_ref(case.name),
+            "killed by signal SIGABRT",
+            "during the call of metric 'iso_abort_pid'",
+        ],
+        secs(20),
+    );
+    g.wait_line(&["Fatal Python error: Aborted"], secs(5));
+    let new = wait_restarted(&g, &case, pid, secs(20));
+    let before: Vec<u32> = module_processes(case.name);
+    gmond_assert!(
+        g,
+        before.len() == 1,
+        "one module process expected, found {before:?}"
+    );
+    gmond_assert!(
+        g,
+        f64::from(before[0]) == new,
+        "the live process {before:?} is not the one publishing {new}"
+    );
+    g.signal(libc::SIGHUP);
+    // The re-executed gmond starts a process of its own; the old one is gone.
+    let deadline = Instant::now() + secs(30);
+    loop {
+        let now = module_processes(case.name);
+        if !now.is_empty() && !now.contains(&before[0]) {
+            break;
+        }
+        if Instant::now() > deadline {
+            g.fail(&format!(
+                "after SIGHUP: module processes {now:?}, old {before:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    gmond_assert!(
+        g,
+        g.is_running(),
+        "gmond did not survive its SIGHUP re-exec"
+    );
+    stop_with_sigterm(&g, &case);
+}
+
+#[test]
+fn going_over_memory_limit_is_a_crash() {
+    let mut case = Case::new("iso_mem", "_hog = bytearray(600 << 20)");
+    case.settings.push(("memory_limit", "300M"));
+    let g = case.start();
+    let pid = first_pid(&g, &case);
+    g.wait_line(
+        &[
+            &g.module_ref(case.name),
+            "went over its modpython.memory_limit",
+            "during the call of metric 'iso_mem_pid'",
+        ],
+        secs(20),
+    );
+    wait_restarted(&g, &case, pid, secs(20));
+    stop_with_sigterm(&g, &case);
+}
+
+#[test]
+fn the_gil_held_in_c_for_twice_the_deadline_delays_only_its_own_module() {
+    let case = Case::new("iso_gil", "ctypes.PyDLL('libc.so.6').sleep(2)");
+    let g = case.start();
+    let pid = first_pid(&g, &case);
+    let module = g.module_ref(case.name);
+    g.wait_line(
+        &[&module, "metric 'iso_gil_pid' did not return within 1.0s"],
+        secs(20),
+    );
+    // The hold ends before kill_after (30 s by default): the late value
+    // arrives and the module goes on in the same process.
+    let mut line = String::new();
+    watch_healthy(&g, secs(15), |g| {
+        line = g
+            .log()
+            .lines()
+            .find(|l| l.contains("the late call of metric 'iso_gil_pid' returned after"))
+            .unwrap_or_default()
+            .to_owned();
+        !line.is_empty()
+    });
+    gmond_assert!(g, line.contains("is gmond's last good value now"), "{line}");
+    gmond_assert!(g, !g.log().contains("was killed"), "the process was killed");
+    watch_healthy(&g, secs(5), |_| true);
+    gmond_assert!(
+        g,
+        g.metric(&case.metric()).map(|m| m.val_f64()) == Some(pid),
+        "the module's process changed"
+    );
+    stop_with_sigterm(&g, &case);
+}
+
+#[test]
+fn a_c_sleep_past_kill_after_gets_the_process_killed_and_started_again() {
+    let mut case = Case::new("iso_sleep", "ctypes.CDLL('libc.so.6').sleep(600)");
+    case.settings.push(("kill_after", "3"));
+    let g = case.start();
+    let pid = first_pid(&g, &case);
+    let module = g.module_ref(case.name);
+    g.wait_line(
+        &[&module, "metric 'iso_sleep_pid' did not return within 1.0s"],
+        secs(20),
+    );
+    let line = g.wait_line(
+        &[
+            &module,
+            "was killed: the call of metric 'iso_sleep_pid' had not returned after",
+        ],
+        secs(20),
+    );
+    let after = g.number_in(&line, "had not returned after ", "s (kill_after)");
+    gmond_assert!(
+        g,
+        (3.0..8.0).contains(&after),
+        "killed after {after}s: {line}"
+    );
+    wait_restarted(&g, &case, pid, secs(20));
+    watch_healthy(&g, secs(10), |g| {
+        g.metric("modpython_iso_sleep_kills")
+            .is_some_and(|m| m.val_f64() >= 1.0)
+    });
+    stop_with_sigterm(&g, &case);
+}
+
+#[test]
+fn metric_init_crashing_on_a_restart_is_retried() {
+    let mut case = Case::new("iso_init", "ctypes.string_at(0)");
+    // The second start (the first restart) crashes in metric_init.
+    case.init_fault = "if os.path.exists(os.path.join(_DIR, 'fault.done')) and _once('init.done'): ctypes.string_at(0)";
+    let g = case.start();
+    let pid = first_pid(&g, &case);
+    let module = g.module_ref(case.name);
+    g.wait_line(
+        &[
+            &module,
+            "killed by signal SIGSEGV",
+            "during the call of metric 'iso_init_pid'",
+        ],
+        secs(20),
+    );
+    g.wait_line(
+        &[
+            &module,
+            "killed by signal SIGSEGV",
+            "during import or metric_init",
+        ],
+        secs(20),
+    );
+    wait_restarted(&g, &case, pid, secs(30));
+    stop_with_sigterm(&g, &case);
+}
+
+#[test]
+fn other_descriptors_on_a_restart_get_the_module_refused() {
+    let mut case = Case::new("iso_change", "ctypes.string_at(0)");
+    case.init_fault = "global _NAME\n    if os.path.exists(os.path.join(_DIR, 'fault.done')): _NAME = 'iso_change_other'";
+    let g = case.start();
+    first_pid(&g, &case);
+    let module = g.module_ref(case.name);
+    let line = g.wait_line(
+        &[
+            &module,
+            "returned other metrics from metric_init than gmond registered",
+        ],
+        secs(30),
+    );
+    gmond_assert!(
+        g,
+        line.contains("metric 'iso_change_pid' is gone")
+            && line.contains("metric 'iso_change_other' is new"),
+        "{line}"
+    );
+    // Refused: no process left for it, and the others go on.
+    watch_healthy(&g, secs(4), |_| module_processes(case.name).is_empty());
+    assert_no_module_process(&g, case.name, "the refusal");
+    watch_healthy(&g, secs(4), |_| true);
+    stop_with_sigterm(&g, &case);
+}
