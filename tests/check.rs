@@ -1078,3 +1078,40 @@ fn a_misspelt_option_in_an_included_pyconf_is_named_with_its_file_and_line() {
     );
     run.assert_has("FAILED: 1 error(s), 0 warning(s)");
 }
+
+#[test]
+fn isolated_modules_run_in_their_own_process_and_a_crash_is_reported_not_suffered() {
+    // Configured isolated: the checker runs it so, and survives its crash.
+    let crashy = format!(
+        "import ctypes, os\n{DESCRIPTOR}\n_n = 0\ndef value(name):\n    global _n\n    _n += 1\n    if _n == 2:\n        ctypes.string_at(0)\n    return os.getpid()\n\
+         def metric_init(params):\n    return [d('crashy_pid', value), d('crashy_ppid', lambda n: os.getppid())]\n"
+    );
+    let (_tmp, pyconf, dir) = modules(
+        &[("crashy", &crashy)],
+        "modules { module { name = \"crashy\" language = \"python\" param \"modpython.call_mode\" { value = \"isolated\" } } }\n\
+         collection_group { collect_every = 10 time_threshold = 60 metric { name = \"crashy_pid\" } metric { name = \"crashy_ppid\" } }\n",
+    );
+    let run = check_pyconf(&pyconf, &dir, &["--count", "4", "--interval", "1.2"]);
+    assert_eq!(run.code, Some(1), "{run}");
+    run.assert_has("was killed by signal SIGSEGV (segmentation fault) during the call of metric 'crashy_pid'");
+    run.assert_has("Fatal Python error: Segmentation fault");
+    run.assert_has("its process was started again");
+    let values = run.values("crashy_pid");
+    let own = std::process::id().to_string();
+    assert_eq!(values.len(), 4, "{run}");
+    assert!(values[0].parse::<u32>().is_ok() && values[0] != own, "not another process: {values:?}");
+    assert_eq!(values[1], "skipped", "{run}");
+    // Started again after a second's back-off, as another process.
+    assert!(
+        values[3].parse::<u32>().is_ok() && values[3] != values[0],
+        "no value from a new process: {values:?}\n{run}"
+    );
+
+    // The module process's parent is the checker, not this test.
+    assert_ne!(run.values("crashy_ppid")[0], own, "{run}");
+
+    // --mode overrides the configuration: in protected mode the module
+    // runs in the checker, whose parent is this test.
+    let run = check_pyconf(&pyconf, &dir, &["--count", "1", "--mode", "protected"]);
+    assert_eq!(run.values("crashy_ppid"), vec![own], "{run}");
+}

@@ -42,7 +42,7 @@ pub const USAGE: &str = "\
 usage: modpython-check [--conf FILE | --pyconf FILE --dir MODULE_DIR]
                        [--module NAME]... [--count N] [--interval SECONDS]
                        [--set NAME=VALUE]... [--virtualenv DIR] [--python-path DIRS]
-                       [--debug N] [--json] [--verbose]
+                       [--mode protected|inline|isolated] [--debug N] [--json] [--verbose]
 
 Loads gmond's Python metric modules the way gmond's modpython.so does, calls
 every metric N times in gmond's order and batches, and prints a table of the
@@ -57,6 +57,8 @@ values, then every problem, as gmond would log it.
   --set NAME=VALUE  a host setting (see below), over the python_module block's (repeatable)
   --virtualenv DIR  the same as --set virtualenv=DIR
   --python-path D   the same as --set python_path=D (directories separated by ':')
+  --mode MODE       call every module in this mode (protected, inline or isolated), whatever
+                    its configuration says (default: the mode the configuration gives each)
   --debug N         gmond's debug level (default 0): module debug lines show above 1
   --json            machine-readable output
   --verbose         also show the host's informational messages, and each metric's own
@@ -86,6 +88,8 @@ pub struct Options {
     pub debug: i32,
     /// Host settings given on the command line, in order.
     pub settings: Vec<(String, String)>,
+    /// `--mode`: every module in this call mode.
+    pub mode: Option<CallMode>,
 }
 
 /// What the command line asked for.
@@ -98,7 +102,7 @@ pub enum Command {
 /// `--help`: the usage, then the host settings the python_module block takes.
 pub fn help() -> String {
     let mut text = format!(
-        "{USAGE}\n\nHost settings, each a param NAME {{ value = \"...\" }} in the python_module block\n(per module: param \"{}NAME\" in the module's block, for call_timeout and call_mode):\n",
+        "{USAGE}\n\nHost settings, each a param NAME {{ value = \"...\" }} in the python_module block\n(per module: param \"{}NAME\" in the module's block, for call_timeout, call_mode, kill_after,\nuser and memory_limit):\n",
         settings::MODULE_PREFIX
     );
     for setting in settings::HOST_SETTINGS {
@@ -122,6 +126,7 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
         verbose: false,
         debug: 0,
         settings: Vec::new(),
+        mode: None,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -192,6 +197,10 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
                     v.parse().ok().filter(|n| *n >= 0).ok_or_else(|| {
                         format!("--debug: '{v}' is not a whole number of at least 0")
                     })?;
+            }
+            "--mode" => {
+                let v = value(flag)?;
+                options.mode = Some(v.parse().map_err(|e| format!("--mode: {e}"))?);
             }
             "--json" => options.json = true,
             "--verbose" | "-v" => options.verbose = true,
@@ -420,7 +429,8 @@ pub fn run(options: &Options) -> Report {
         name: name.clone(),
         value: Some(value.clone()),
     }));
-    let (host_settings, setting_problems) = settings::parse_host(&host_params);
+    let (mut host_settings, setting_problems) = settings::parse_host(&host_params);
+    host_settings.forced_mode = options.mode;
     for p in setting_problems {
         report.problems.push(Problem::new(Severity::Warning, p));
     }
