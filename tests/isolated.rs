@@ -465,3 +465,72 @@ fn other_descriptors_on_a_restart_get_the_module_refused() {
     watch_healthy(&g, secs(4), |_| true);
     stop_with_sigterm(&g, &case);
 }
+
+/// Two isolated modules under a gmond that drops to `nobody`: one loads as
+/// root (as in-process modules do) and follows gmond to `nobody` for its
+/// calls; the other (`modpython.user = nobody`) never runs as root.
+const UIDS: &str = r#"
+_INIT_UID = os.geteuid()
+
+def init_uid(name):
+    return _INIT_UID
+
+def call_uid(name):
+    return os.geteuid()
+
+def metric_init(params):
+    return [desc(PREFIX + "_init_uid", init_uid), desc(PREFIX + "_call_uid", call_uid)]
+"#;
+
+#[test]
+fn module_processes_follow_gmond_to_its_user_or_run_as_their_own() {
+    let nobody = 65534.0;
+    let g = GmondBuilder::new()
+        .setuid_user("nobody")
+        .module_file("iso_follow.py", &pymod::module("iso", &UIDS.replace("PREFIX", "'iso_follow'")))
+        .module_file("iso_user.py", &pymod::module("iso", &UIDS.replace("PREFIX", "'iso_user'")))
+        .pyconf_text(
+            "iso",
+            &pymod::pyconf(
+                &[
+                    ("iso_follow", &pymod::setting("call_mode", "isolated")),
+                    (
+                        "iso_user",
+                        &format!(
+                            "{} {}",
+                            pymod::setting("call_mode", "isolated"),
+                            pymod::setting("user", "nobody")
+                        ),
+                    ),
+                ],
+                &["^iso_"],
+            ),
+        )
+        .start();
+    let value = |name: &str| g.wait_metric(name, FIRST_VALUES).val_f64();
+    gmond_assert_eq!(g, value("iso_follow_init_uid"), 0.0);
+    gmond_assert_eq!(g, value("iso_follow_call_uid"), nobody);
+    gmond_assert_eq!(g, value("iso_user_init_uid"), nobody);
+    gmond_assert_eq!(g, value("iso_user_call_uid"), nobody);
+    let before = module_processes("iso_follow");
+    gmond_assert!(g, before.len() == 1, "processes: {before:?}");
+    // After a SIGHUP re-exec gmond's init runs as nobody: so does the new
+    // process's, and the old one is gone.
+    g.signal(libc::SIGHUP);
+    let deadline = Instant::now() + secs(30);
+    loop {
+        let now = module_processes("iso_follow");
+        let init_uid = g.metric("iso_follow_init_uid").map(|m| m.val_f64());
+        if init_uid == Some(nobody) && !now.is_empty() && !now.contains(&before[0]) {
+            break;
+        }
+        if Instant::now() > deadline {
+            g.fail(&format!("after SIGHUP: processes {now:?} (old {before:?}), init uid {init_uid:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    g.signal(libc::SIGTERM);
+    gmond_assert!(g, g.wait_exit(secs(15)).is_some(), "gmond did not exit on SIGTERM");
+    assert_no_module_process(&g, "iso_follow", "SIGTERM");
+    assert_no_module_process(&g, "iso_user", "SIGTERM");
+}
