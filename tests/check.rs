@@ -1093,13 +1093,18 @@ fn isolated_modules_run_in_their_own_process_and_a_crash_is_reported_not_suffere
     );
     let run = check_pyconf(&pyconf, &dir, &["--count", "4", "--interval", "1.2"]);
     assert_eq!(run.code, Some(1), "{run}");
-    run.assert_has("was killed by signal SIGSEGV (segmentation fault) during the call of metric 'crashy_pid'");
+    run.assert_has(
+        "was killed by signal SIGSEGV (segmentation fault) during the call of metric 'crashy_pid'",
+    );
     run.assert_has("Fatal Python error: Segmentation fault");
     run.assert_has("its process was started again");
     let values = run.values("crashy_pid");
     let own = std::process::id().to_string();
     assert_eq!(values.len(), 4, "{run}");
-    assert!(values[0].parse::<u32>().is_ok() && values[0] != own, "not another process: {values:?}");
+    assert!(
+        values[0].parse::<u32>().is_ok() && values[0] != own,
+        "not another process: {values:?}"
+    );
     assert_eq!(values[1], "skipped", "{run}");
     // Started again after a second's back-off, as another process.
     assert!(

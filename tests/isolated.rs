@@ -52,6 +52,9 @@ def pid(name):
 def metric_init(params):
     INIT_FAULT
     return [desc(_NAME, pid)]
+
+def metric_cleanup():
+    print("metric_cleanup ran in process", os.getpid())
 "#;
 
 struct Case {
@@ -80,6 +83,10 @@ impl Case {
     }
 
     fn start(&self) -> Gmond {
+        self.start_builder().start()
+    }
+
+    fn start_builder(&self) -> GmondBuilder {
         let body = PID_METRIC
             .replace("INIT_FAULT", self.init_fault)
             .replace("FAULT", self.fault)
@@ -111,7 +118,6 @@ impl Case {
                     &["^healthy_", &format!("^{}_", self.name), "^modpython_"],
                 ),
             )
-            .start()
     }
 }
 
@@ -214,15 +220,55 @@ fn wait_restarted(g: &Gmond, case: &Case, old: f64, timeout: Duration) -> f64 {
     new
 }
 
+/// Stops gmond with SIGTERM: the module process runs metric_cleanup (its
+/// output reaches gmond's log) and is gone afterwards.
 #[track_caller]
 fn stop_with_sigterm(g: &Gmond, case: &Case) {
+    let running = !module_processes(case.name).is_empty();
     g.signal(libc::SIGTERM);
     gmond_assert!(
         g,
         g.wait_exit(secs(15)).is_some(),
         "gmond did not exit on SIGTERM"
     );
+    if running {
+        gmond_assert!(
+            g,
+            g.log()
+                .contains(&format!("[{}] metric_cleanup ran in process", case.name)),
+            "metric_cleanup did not run in the module process"
+        );
+    }
     assert_no_module_process(g, case.name, "SIGTERM");
+}
+
+#[test]
+fn gmond_m_and_sigint_leave_no_module_process() {
+    let case = Case::new("iso_m", "pass");
+    // gmond -m: init, then cleanup at exit, without daemonizing.
+    let g = case.start_builder().arg("-m").start();
+    gmond_assert!(g, g.wait_exit(secs(20)).is_some(), "gmond -m did not exit");
+    gmond_assert!(
+        g,
+        g.log().contains("[iso_m] metric_cleanup ran in process"),
+        "metric_cleanup did not run in the module process under gmond -m"
+    );
+    assert_no_module_process(&g, case.name, "gmond -m");
+
+    let g = case.start();
+    first_pid(&g, &case);
+    g.signal(libc::SIGINT);
+    gmond_assert!(
+        g,
+        g.wait_exit(secs(15)).is_some(),
+        "gmond did not exit on SIGINT"
+    );
+    gmond_assert!(
+        g,
+        g.log().contains("[iso_m] metric_cleanup ran in process"),
+        "metric_cleanup did not run on SIGINT"
+    );
+    assert_no_module_process(&g, case.name, "SIGINT");
 }
 
 #[test]
@@ -487,8 +533,14 @@ fn module_processes_follow_gmond_to_its_user_or_run_as_their_own() {
     let nobody = 65534.0;
     let g = GmondBuilder::new()
         .setuid_user("nobody")
-        .module_file("iso_follow.py", &pymod::module("iso", &UIDS.replace("PREFIX", "'iso_follow'")))
-        .module_file("iso_user.py", &pymod::module("iso", &UIDS.replace("PREFIX", "'iso_user'")))
+        .module_file(
+            "iso_follow.py",
+            &pymod::module("iso", &UIDS.replace("PREFIX", "'iso_follow'")),
+        )
+        .module_file(
+            "iso_user.py",
+            &pymod::module("iso", &UIDS.replace("PREFIX", "'iso_user'")),
+        )
         .pyconf_text(
             "iso",
             &pymod::pyconf(
@@ -520,17 +572,27 @@ fn module_processes_follow_gmond_to_its_user_or_run_as_their_own() {
     let deadline = Instant::now() + secs(30);
     loop {
         let now = module_processes("iso_follow");
-        let init_uid = g.metric("iso_follow_init_uid").map(|m| m.val_f64());
+        // gmond's port is closed while it re-executes itself.
+        let init_uid = g
+            .try_xml()
+            .ok()
+            .and_then(|x| x.metric("iso_follow_init_uid").map(|m| m.val_f64()));
         if init_uid == Some(nobody) && !now.is_empty() && !now.contains(&before[0]) {
             break;
         }
         if Instant::now() > deadline {
-            g.fail(&format!("after SIGHUP: processes {now:?} (old {before:?}), init uid {init_uid:?}"));
+            g.fail(&format!(
+                "after SIGHUP: processes {now:?} (old {before:?}), init uid {init_uid:?}"
+            ));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     g.signal(libc::SIGTERM);
-    gmond_assert!(g, g.wait_exit(secs(15)).is_some(), "gmond did not exit on SIGTERM");
+    gmond_assert!(
+        g,
+        g.wait_exit(secs(15)).is_some(),
+        "gmond did not exit on SIGTERM"
+    );
     assert_no_module_process(&g, "iso_follow", "SIGTERM");
     assert_no_module_process(&g, "iso_user", "SIGTERM");
 }
