@@ -596,3 +596,36 @@ fn module_processes_follow_gmond_to_its_user_or_run_as_their_own() {
     assert_no_module_process(&g, "iso_follow", "SIGTERM");
     assert_no_module_process(&g, "iso_user", "SIGTERM");
 }
+
+#[test]
+fn a_stop_while_a_call_is_stuck_kills_the_process_within_the_cleanup_deadline() {
+    let case = Case::new("iso_stuck", "ctypes.CDLL('libc.so.6').sleep(600)");
+    let g = case.start();
+    first_pid(&g, &case);
+    g.wait_line(
+        &[
+            &g.module_ref(case.name),
+            "metric 'iso_stuck_pid' did not return within 1.0s",
+        ],
+        secs(20),
+    );
+    let stopped = Instant::now();
+    g.signal(libc::SIGTERM);
+    gmond_assert!(
+        g,
+        g.wait_exit(secs(20)).is_some(),
+        "gmond did not exit on SIGTERM"
+    );
+    let took = stopped.elapsed();
+    // The cleanup deadline is 10 s; the stuck process cannot run its
+    // metric_cleanup, and is killed when it is over.
+    gmond_assert!(g, took < secs(14), "gmond took {took:?} to stop");
+    g.wait_line(
+        &[
+            &g.module_ref(case.name),
+            "did not finish metric_cleanup in time and is killed",
+        ],
+        secs(1),
+    );
+    assert_no_module_process(&g, case.name, "SIGTERM during a stuck call");
+}
