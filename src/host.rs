@@ -86,6 +86,7 @@ pub fn init(input: InitInput) -> Result<*mut ffi::Ganglia_25metric, String> {
         settings,
         blocks: input.blocks,
         trusted_uids: permissions::trusted_uids(input.gmond_user.as_deref(), true),
+        gmond_user: input.gmond_user.clone(),
         collected: input.collected,
         debug_level: input.debug_level,
         timed: false,

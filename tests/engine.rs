@@ -155,6 +155,7 @@ fn start(
         }],
         debug_level: 0,
         timed: false,
+        gmond_user: None,
     })
     .unwrap_or_else(|e| panic!("the engine did not start: {e}"))
 }

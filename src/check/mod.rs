@@ -450,6 +450,10 @@ pub fn run(options: &Options) -> Report {
             collected: setup.collected.clone(),
             debug_level: options.debug,
             timed: true,
+            gmond_user: match options.source {
+                Source::Conf(_) => setup.gmond_user.clone(),
+                Source::Pyconf { .. } => None,
+            },
         })
     });
     take_diagnostics(&mut report, diagnostics);

@@ -135,16 +135,45 @@ pub(crate) fn forward(message: FromChild) -> Option<FromChild> {
     }
 }
 
+/// The uid and gid of user `name`.
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let c_name = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: getpwnam_r reads a NUL-terminated name and fills `pw` with
+    // pointers into `buf`, all ours; we copy two integers out.
+    unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let r = libc::getpwnam_r(
+            c_name.as_ptr(),
+            &mut pw,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        );
+        (r == 0 && !found.is_null()).then_some((pw.pw_uid, pw.pw_gid))
+    }
+}
+
 /// The user an isolated module runs as from the start (`modpython.user`).
 fn resolve_user(name: &str) -> Result<(u32, u32), String> {
-    let c_name = std::ffi::CString::new(name).map_err(|_| format!("bad user name '{name}'"))?;
-    // SAFETY: getpwnam reads a NUL-terminated name; the result points to
-    // static storage that we copy from at once.
-    let found = unsafe {
-        let pw = libc::getpwnam(c_name.as_ptr());
-        (!pw.is_null()).then(|| ((*pw).pw_uid, (*pw).pw_gid))
-    };
-    found.ok_or_else(|| format!("modpython.user '{name}' is not a user on this system"))
+    lookup_user(name).ok_or_else(|| format!("modpython.user '{name}' is not a user on this system"))
+}
+
+/// The user module processes become right after `metric_init`: gmond's
+/// `setuid` user, when gmond starts as root and drops to it after init.
+pub(crate) fn user_after_init(gmond_user: Option<&str>) -> Option<(u32, u32)> {
+    if euid() != 0 {
+        return None;
+    }
+    let name = gmond_user?;
+    let found = lookup_user(name);
+    if found.is_none() {
+        log::warn!(
+            "gmond's user '{name}' is not a user on this system; isolated modules go on as root after metric_init until gmond's first call"
+        );
+    }
+    found
 }
 
 fn euid() -> u32 {
@@ -174,6 +203,11 @@ pub(crate) fn start(
         }
         None => None,
     };
+    // A module given a user of its own keeps it (it is never root, so it
+    // has no more rights than gmond); one that runs as root follows gmond.
+    if request.user.is_some_and(|(uid, _)| uid != 0) {
+        request.then_user = None;
+    }
     let mut process = spawn(&helper, &request)?;
     let until = Instant::now() + request.settings.init_timeout;
     let descriptors = loop {
@@ -293,6 +327,7 @@ impl IsolatedModule {
         id: &ModuleRef,
         names: &[std::sync::Arc<str>],
     ) -> (bool, Happened) {
+        isolation::reap_unreaped();
         let life = std::mem::replace(&mut self.life, Life::Refused);
         let (life, happened) = self.next_life(life, id, names);
         self.life = life;
@@ -662,6 +697,11 @@ impl IsolatedModule {
                 }
                 Event::Message(message) => {
                     forward(message);
+                    // A stream of log lines must not hold gmond past the
+                    // deadline: past it, the batch is late.
+                    if Instant::now() < until {
+                        continue;
+                    }
                 }
                 Event::Closed => {
                     let during = self.during(&process, names);
@@ -669,21 +709,20 @@ impl IsolatedModule {
                     self.life = life;
                     return BatchResult::Crashed;
                 }
-                Event::Timeout => {
-                    let running = process
-                        .status()
-                        .current_call()
-                        .and_then(|p| self.index_at(p));
-                    self.life = Life::Busy {
-                        process,
-                        seq,
-                        calls: calls.to_vec(),
-                        since: started,
-                        running,
-                    };
-                    return BatchResult::Late { running };
-                }
+                Event::Timeout => {}
             }
+            let running = process
+                .status()
+                .current_call()
+                .and_then(|p| self.index_at(p));
+            self.life = Life::Busy {
+                process,
+                seq,
+                calls: calls.to_vec(),
+                since: started,
+                running,
+            };
+            return BatchResult::Late { running };
         }
     }
 
@@ -751,7 +790,8 @@ pub(crate) enum BatchResult {
 /// Reads what arrived without waiting: log lines are passed on; returns
 /// `Closed` if the process ended.
 fn drain(process: &mut ModuleProcess) -> Option<Event> {
-    loop {
+    // Bounded: the rest waits for the next round.
+    for _ in 0..DRAIN_MAX {
         match process.next_event(None) {
             Event::Message(message) => {
                 forward(message);
@@ -760,7 +800,11 @@ fn drain(process: &mut ModuleProcess) -> Option<Event> {
             Event::Timeout => return None,
         }
     }
+    None
 }
+
+/// Messages read from a module process in one look between batches.
+const DRAIN_MAX: usize = 200;
 
 /// The wait before the `attempts`-th restart.
 fn backoff(attempts: u32) -> Duration {

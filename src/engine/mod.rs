@@ -74,6 +74,9 @@ pub struct StartInput {
     pub debug_level: i32,
     /// Time each call (for a report; gmond's calls read no clock per call).
     pub timed: bool,
+    /// The user gmond drops to after init (`globals { setuid user }`), which
+    /// isolated modules follow.
+    pub gmond_user: Option<String>,
 }
 
 /// A started engine and what its caller publishes.
@@ -229,6 +232,7 @@ impl Engine {
             collected,
             debug_level,
             timed,
+            gmond_user,
         } = input;
         crate::signals::remember_gmond_handlers();
         crate::signals::defuse_stray_signals();
@@ -239,6 +243,7 @@ impl Engine {
         Python::attach(interrupt::install)
             .map_err(|e| format!("cannot set up call deadlines: {e}"))?;
 
+        let then_user = isolated::user_after_init(gmond_user.as_deref());
         let starting: std::cell::RefCell<Vec<(String, isolated::Starting)>> = Default::default();
         let isolate = |id: &loader::ModuleRef,
                        block: &ModuleBlock,
@@ -253,6 +258,7 @@ impl Engine {
                 trusted_uids: trusted_uids.clone(),
                 debug_level,
                 user: None,
+                then_user,
                 memory_limit: overrides.memory_limit,
             };
             // The module process is waited for without the GIL held: its

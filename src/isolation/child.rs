@@ -11,9 +11,10 @@
 //! call is running ([`super::Status`]).
 
 use std::io::Write;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use log::{Log, Metadata, Record};
 use pyo3::exceptions::PyMemoryError;
@@ -48,6 +49,55 @@ fn send_message(message: &FromChild) {
     send(e.bytes());
 }
 
+/// Log lines dropped because gmond had not read the socket for a while.
+static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
+
+/// Sends a log line if the socket has room now. A module's own thread
+/// printing while gmond does not read (between rounds, or while a call is
+/// late) must not block: it may hold the GIL the calls need.
+fn send_log(message: &FromChild) {
+    let mut e = Encoder::default();
+    let dropped = DROPPED_LINES.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        e.from_child(&FromChild::Log {
+            level: log::Level::Warn,
+            module_output: false,
+            text: format!(
+                "{dropped} line(s) of the module process's output were dropped: gmond was not reading them"
+            ),
+        });
+    }
+    e.from_child(message);
+    let bytes = e.bytes();
+    let mut out = OUT.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(stream) = out.as_mut() else {
+        return;
+    };
+    // SAFETY: send on our socket, from a buffer that outlives the call.
+    let sent = unsafe {
+        libc::send(
+            stream.as_raw_fd(),
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if sent < 0 {
+        let error = std::io::Error::last_os_error();
+        if error.kind() == std::io::ErrorKind::WouldBlock {
+            DROPPED_LINES.fetch_add(dropped + 1, Ordering::Relaxed);
+            return;
+        }
+        // SAFETY: as in `send`.
+        unsafe { libc::_exit(EXIT_LOST_PARENT) };
+    }
+    // A frame begun must be finished, or the stream is out of step.
+    if (sent as usize) < bytes.len() && stream.write_all(&bytes[sent as usize..]).is_err() {
+        // SAFETY: as in `send`.
+        unsafe { libc::_exit(EXIT_LOST_PARENT) };
+    }
+}
+
 /// Hands every log line to gmond, which decides where it goes (its log,
 /// or `modpython-check`'s report) by the same rules as its own lines.
 struct ForwardingLogger {
@@ -61,7 +111,7 @@ impl Log for ForwardingLogger {
 
     fn log(&self, record: &Record) {
         if self.enabled(record.metadata()) {
-            send_message(&FromChild::Log {
+            send_log(&FromChild::Log {
                 level: record.level(),
                 module_output: record.target() == stdio::MODULE_LOG_TARGET,
                 text: record.args().to_string(),
@@ -99,16 +149,7 @@ fn become_user(uid: u32, gid: u32) -> Result<(), String> {
     if unsafe { libc::geteuid() } == uid {
         return Ok(());
     }
-    // SAFETY: getpwuid returns a pointer into static storage or null; we
-    // copy the name out before any other call that could overwrite it.
-    let name = unsafe {
-        let pw = libc::getpwuid(uid);
-        if pw.is_null() {
-            None
-        } else {
-            Some(std::ffi::CStr::from_ptr((*pw).pw_name).to_owned())
-        }
-    };
+    let name = user_name(uid);
     // SAFETY: initgroups/setgroups/setgid/setuid take plain values and a
     // NUL-terminated name (or a one-element array) that outlive the call.
     let ok = unsafe {
@@ -128,10 +169,36 @@ fn become_user(uid: u32, gid: u32) -> Result<(), String> {
     }
 }
 
+/// The name of user `uid`, for its supplementary groups.
+fn user_name(uid: u32) -> Option<std::ffi::CString> {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: getpwuid_r fills `pw` with pointers into `buf`, both ours
+    // and alive while we copy the name out.
+    unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let r = libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut found);
+        if r != 0 || found.is_null() || pw.pw_name.is_null() {
+            return None;
+        }
+        Some(std::ffi::CStr::from_ptr(pw.pw_name).to_owned())
+    }
+}
+
 /// The module process's `main`. Returns the exit status.
 pub fn main() -> i32 {
+    // What the module starts (a subprocess, a fork) must not hold these
+    // open: gmond would not see this process's end while they live.
+    for fd in [SOCKET_FD, CRASH_FD, STATUS_FD] {
+        // SAFETY: F_SETFD on descriptors gmond set up for us; a missing
+        // one makes fcntl fail harmlessly (EBADF).
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+            return EXIT_LOST_PARENT;
+        }
+    }
     // SAFETY: the socket's descriptor was set up for us by gmond (see
-    // `super::spawn`) and nothing else in this process owns it.
+    // `super::spawn`), checked open just above, and nothing else in this
+    // process owns it.
     let stream = unsafe { UnixStream::from_raw_fd(SOCKET_FD) };
     let Ok(writer) = stream.try_clone() else {
         return EXIT_LOST_PARENT;
@@ -139,10 +206,27 @@ pub fn main() -> i32 {
     *OUT.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer);
     let mut reader = stream;
     let mut frames = FrameBuffer::default();
-    let Some(ToChild::Start(request)) = next_request(&mut reader, &mut frames) else {
-        return EXIT_LOST_PARENT;
+    let request = match next_request(&mut reader, &mut frames) {
+        Some(Ok(ToChild::Start(request))) => request,
+        Some(Err(e)) => {
+            send_message(&FromChild::LoadFailed {
+                message: format!(
+                    "the module program cannot read gmond's start request ({e}): modpython.so and modpython-module come from different builds; restart gmond after an upgrade"
+                ),
+            });
+            return EXIT_PRIVILEGES;
+        }
+        _ => return EXIT_LOST_PARENT,
     };
-    let status = Status::map(STATUS_FD);
+    let Some(status) = Status::map(STATUS_FD) else {
+        send_message(&FromChild::LoadFailed {
+            message: format!(
+                "the module process cannot map its status page: {}",
+                std::io::Error::last_os_error()
+            ),
+        });
+        return EXIT_PRIVILEGES;
+    };
     // As in gmond: a write to a closed pipe is an error, not a death.
     // SAFETY: ignoring SIGPIPE changes this process's disposition only.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
@@ -151,6 +235,9 @@ pub fn main() -> i32 {
     }));
     log::set_max_level(log::LevelFilter::Trace);
 
+    // Chosen by the kernel's OOM killer before gmond (whose score is 0).
+    // Before any change of user: /proc/self is root's until exec after it.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "500");
     if let Some((uid, gid)) = request.user {
         if let Err(why) = become_user(uid, gid) {
             send_message(&FromChild::LoadFailed {
@@ -160,8 +247,6 @@ pub fn main() -> i32 {
         }
     }
     die_with_parent(request.parent_pid);
-    // Chosen by the kernel's OOM killer before gmond (whose score is 0).
-    let _ = std::fs::write("/proc/self/oom_score_adj", "500");
     if let Some(bytes) = request.memory_limit {
         let limit = libc::rlimit {
             rlim_cur: bytes,
@@ -178,14 +263,32 @@ pub fn main() -> i32 {
             return 0;
         }
     };
+    // gmond drops to its `setuid` user right after its init: so does this
+    // process after metric_init, before any call (or a thread the module
+    // started) runs on as root.
+    if let Some((uid, gid)) = request.then_user {
+        if let Err(why) = become_user(uid, gid) {
+            log::error!(
+                "{}: the module process cannot follow gmond to uid {uid}: {why}; it ends rather than go on running the module with more privileges than gmond has",
+                module.id
+            );
+            return EXIT_PRIVILEGES;
+        }
+        die_with_parent(request.parent_pid);
+    }
     status.set_phase(Status::IDLE);
     serve(&request, module, &mut reader, &mut frames, &status)
 }
 
-fn next_request(reader: &mut UnixStream, frames: &mut FrameBuffer) -> Option<ToChild> {
+/// The next request; `None` at the end of the stream, `Err` for one that
+/// cannot be read.
+fn next_request(
+    reader: &mut UnixStream,
+    frames: &mut FrameBuffer,
+) -> Option<std::io::Result<ToChild>> {
     loop {
         match frames.next_frame() {
-            Ok(Some((kind, mut d))) => return d.to_child(kind).ok(),
+            Ok(Some((kind, mut d))) => return Some(d.to_child(kind)),
             Ok(None) => {}
             Err(_) => return None,
         }
@@ -281,7 +384,7 @@ fn serve(
     let mut batch: Vec<usize> = Vec::new();
     let limited = request.memory_limit.is_some();
     loop {
-        let Some(request_frame) = next_request(reader, frames) else {
+        let Some(Ok(request_frame)) = next_request(reader, frames) else {
             // gmond closed the socket: it is gone, or re-executing.
             return EXIT_LOST_PARENT;
         };
@@ -296,6 +399,22 @@ fn serve(
                 batch.extend(positions.iter().map(|p| *p as usize));
                 encoder.clear();
                 let at = encoder.results_begin(seq, batch.len());
+                if batch.iter().any(|&p| p >= module.targets.len()) {
+                    // gmond asked for a metric this process does not have
+                    // (an internal error): every outcome says so, and the
+                    // frame keeps its count.
+                    for _ in &batch {
+                        encoder.outcome(
+                            &WireOutcome::Conversion(
+                                "internal error: the module process has no such metric (please report it)".to_owned(),
+                            ),
+                            0.0,
+                        );
+                    }
+                    encoder.results_end(at);
+                    send(encoder.bytes());
+                    continue;
+                }
                 let mut over_limit = false;
                 Python::attach(|py| {
                     call::in_module_scopes(&module.targets, &batch, |step| match step {

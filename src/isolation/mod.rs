@@ -65,7 +65,12 @@ impl Status {
 
     fn create() -> io::Result<(Status, OwnedFd)> {
         // SAFETY: memfd_create takes a NUL-terminated name and flags.
-        let fd = unsafe { libc::memfd_create(c"modpython-status".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(
+                c"modpython-status".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -75,15 +80,28 @@ impl Status {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), Status::SIZE as libc::off_t) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok((Status::map(fd.as_raw_fd()), fd))
+        // Sealed at its size: module code that truncated the memfd would
+        // otherwise make gmond's next read of the page a SIGBUS.
+        // SAFETY: F_ADD_SEALS on our own memfd.
+        let sealed = unsafe {
+            libc::fcntl(
+                fd.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
+            )
+        };
+        if sealed != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let status = Status::map(fd.as_raw_fd()).ok_or_else(io::Error::last_os_error)?;
+        Ok((status, fd))
     }
 
-    /// Maps the page behind `fd`; a page that cannot be mapped is replaced
-    /// by a private one (the names in messages are then less exact).
-    pub fn map(fd: RawFd) -> Status {
-        // SAFETY: mapping a shared page of a memfd we were given; it is
-        // unmapped when the `Status` is dropped.
-        let mut page = unsafe {
+    /// Maps the page behind `fd`.
+    pub fn map(fd: RawFd) -> Option<Status> {
+        // SAFETY: mapping a shared page of a memfd; it is unmapped when the
+        // `Status` is dropped, and gmond's memfd is sealed at this size.
+        let page = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 Status::SIZE,
@@ -93,27 +111,15 @@ impl Status {
                 0,
             )
         };
-        if page == libc::MAP_FAILED {
-            // SAFETY: an anonymous private page, as above.
-            page = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    Status::SIZE,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-        }
-        Status {
+        (page != libc::MAP_FAILED).then(|| Status {
             page: page.cast::<AtomicU32>(),
-        }
+        })
     }
 
     fn word(&self, i: usize) -> &AtomicU32 {
-        // SAFETY: the page is 4 KiB, mapped for the life of `self`, zeroed
-        // at creation and only ever accessed through atomics.
+        // SAFETY: the page is 4 KiB, mapped until `self` is dropped, zeroed
+        // at creation, sealed against shrinking (gmond's side), and only
+        // ever accessed through atomics.
         unsafe { &*self.page.add(i) }
     }
 
@@ -137,39 +143,31 @@ impl Status {
     }
 }
 
-/// Where the module program is: beside the library this code runs in
-/// (modpython.so in gmond), or beside the running program (the tools);
-/// cargo's test binaries sit one directory below it.
+/// Where the module program is: beside the code running now — modpython.so
+/// in gmond, or the program itself for the tools (which link the same code
+/// statically); cargo's test binaries sit in `deps/`, one directory below it.
 pub fn helper_path() -> Result<PathBuf, String> {
-    let mut dirs: Vec<PathBuf> = Vec::new();
     let mut info: libc::Dl_info = empty_dl_info();
     // SAFETY: dladdr fills `info` for an address inside this library; the
     // file name it returns stays valid while the library is loaded.
     let found = unsafe { libc::dladdr(helper_path as *const libc::c_void, &mut info) } != 0;
-    if found && !info.dli_fname.is_null() {
-        // SAFETY: a NUL-terminated string owned by the dynamic loader.
-        let name = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) };
-        let path = PathBuf::from(name.to_string_lossy().into_owned());
-        if let Some(dir) = path.parent() {
-            dirs.push(dir.to_path_buf());
+    let dir = (found && !info.dli_fname.is_null())
+        .then(|| {
+            // SAFETY: a NUL-terminated string owned by the dynamic loader.
+            let name = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) };
+            let path = PathBuf::from(name.to_string_lossy().into_owned());
+            std::fs::canonicalize(&path).unwrap_or(path)
+        })
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .ok_or_else(|| {
+            "cannot tell where modpython.so is, to find the module program beside it".to_owned()
+        })?;
+    let mut candidates = vec![dir.join(HELPER_NAME)];
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        if let Some(up) = dir.parent() {
+            candidates.push(up.join(HELPER_NAME));
         }
     }
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
-        dirs.push(dir);
-    }
-    let candidates: Vec<PathBuf> = dirs
-        .iter()
-        .flat_map(|d| {
-            [
-                Some(d.join(HELPER_NAME)),
-                d.parent().map(|p| p.join(HELPER_NAME)),
-            ]
-        })
-        .flatten()
-        .collect();
     candidates
         .iter()
         .find(|p| p.is_file())
@@ -177,9 +175,7 @@ pub fn helper_path() -> Result<PathBuf, String> {
         .ok_or_else(|| {
             format!(
                 "the module program {HELPER_NAME} is not installed beside modpython.so (looked for {})",
-                candidates
-                    .first()
-                    .map_or_else(|| HELPER_NAME.to_owned(), |p| p.display().to_string())
+                candidates[0].display()
             )
         })
 }
@@ -214,7 +210,10 @@ impl Ended {
                 "ended: it could not change to the user it must run as".to_owned()
             }
             (None, Some(c)) => format!("exited with status {c}"),
-            (None, None) => "ended in an unknown way".to_owned(),
+            (None, None) if self.killed => {
+                "was killed, and has not died yet (a process stuck in the kernel dies when it leaves it)".to_owned()
+            }
+            (None, None) => "ended, with its exit status taken by someone else's wait in gmond".to_owned(),
         }
     }
 }
@@ -250,6 +249,9 @@ static UNREAPED: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
 /// Reaps what it can of [`UNREAPED`].
 pub fn reap_unreaped() {
     let mut list = UNREAPED.lock().unwrap_or_else(|p| p.into_inner());
+    if list.is_empty() {
+        return;
+    }
     list.retain(|&pid| {
         let mut status = 0;
         // SAFETY: waitpid on our own child, without blocking.
@@ -334,7 +336,14 @@ impl ModuleProcess {
                     }
                 }
                 // Nothing else of gmond's (its sockets) reaches the module.
-                libc::syscall(libc::SYS_close_range, 6u32, u32::MAX, 0u32);
+                // Close-on-exec rather than closed: std's own pipe, which
+                // reports a failed exec to `spawn`, must stay open until then.
+                libc::syscall(
+                    libc::SYS_close_range,
+                    6u32,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                );
                 // Its own process group: a Ctrl-C meant for a foreground
                 // gmond is gmond's to handle, and the group is killed whole.
                 libc::setpgid(0, 0);
@@ -472,43 +481,58 @@ impl ModuleProcess {
     }
 
     /// How the process ended, once it has (its socket closed, or after
-    /// [`ModuleProcess::kill`]). One that closed its socket but lives on is
-    /// killed; one the kernel does not let die at once (stuck in a system
-    /// call) is reaped later, and `None` returned.
+    /// [`ModuleProcess::kill`]). gmond's thread waits here at most ~60 ms:
+    /// a process whose socket closed is normally dead already; one that
+    /// closed it and lives on is killed; one the kernel does not let die at
+    /// once (stuck in a system call) is left in [`UNREAPED`] and `None`
+    /// returned.
     pub fn reap(&mut self, killed: bool) -> Option<Ended> {
         if let Some(e) = &self.ended {
             return Some(e.clone());
         }
-        let mut status = 0;
-        let mut waited = Duration::ZERO;
         let mut signalled = killed;
-        let step = Duration::from_millis(2);
-        loop {
-            // SAFETY: waitpid on our own child, without blocking.
-            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
-            if r == self.pid || r < 0 {
+        let mut exited = self.has_exited();
+        for step in 0..60 {
+            if exited != Some(false) {
                 break;
             }
-            if waited >= Duration::from_millis(300) {
-                if signalled {
-                    UNREAPED
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(self.pid);
-                    self.ended = Some(Ended {
-                        signal: Some(libc::SIGKILL),
-                        code: None,
-                        killed: true,
-                    });
-                    return None;
-                }
+            if step == 50 && !signalled {
                 self.kill();
                 signalled = true;
-                waited = Duration::from_millis(200);
             }
-            std::thread::sleep(step);
-            waited += step;
+            std::thread::sleep(Duration::from_millis(1));
+            exited = self.has_exited();
         }
+        match exited {
+            Some(false) => {
+                UNREAPED
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(self.pid);
+                self.ended = Some(Ended {
+                    signal: None,
+                    code: None,
+                    killed: true,
+                });
+                return None;
+            }
+            None => {
+                self.ended = Some(Ended {
+                    signal: None,
+                    code: None,
+                    killed: false,
+                });
+                return self.ended.clone();
+            }
+            Some(true) => {}
+        }
+        // What the module started in its process group goes with it; the
+        // unreaped zombie still holds the group's id, so it is not reused.
+        // SAFETY: a signal to our child's process group.
+        unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+        let mut status = 0;
+        // SAFETY: waitpid on our own child, which has exited: no waiting.
+        unsafe { libc::waitpid(self.pid, &mut status, 0) };
         let ended = if libc::WIFSIGNALED(status) {
             Ended {
                 signal: Some(libc::WTERMSIG(status)),
@@ -524,6 +548,26 @@ impl ModuleProcess {
         };
         self.ended = Some(ended.clone());
         Some(ended)
+    }
+
+    /// Whether the process has exited (and waits to be reaped); `None` when
+    /// it is not our child to wait for any more (someone else reaped it).
+    fn has_exited(&self) -> Option<bool> {
+        // SAFETY: waitid fills the zeroed siginfo we own; WNOWAIT leaves
+        // the child to be reaped by `reap`.
+        unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let r = libc::waitid(
+                libc::P_PID,
+                self.pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            );
+            if r != 0 {
+                return None;
+            }
+            Some(info.si_pid() == self.pid)
+        }
     }
 }
 

@@ -17,8 +17,17 @@ use crate::python::loader::{Diagnostic, ModuleRef};
 use crate::settings::{HostSettings, ModuleStdout};
 use crate::value::Value;
 
-/// A frame larger than this is taken for a broken stream, not allocated.
-const MAX_FRAME: usize = 256 * 1024 * 1024;
+/// A frame larger than this is taken for a broken stream, not allocated
+/// (10,000 descriptors take ~3 MB).
+const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+/// Changed whenever a frame's layout changes: modpython.so and
+/// modpython-module must come from the same build (after an upgrade, the
+/// running gmond's old modpython.so may start the new program).
+pub const VERSION: u32 = 1;
+
+/// A buffer grown past this by a large frame is given back once empty.
+const KEEP_BUFFER: usize = 1024 * 1024;
 
 /// Everything a module process needs to load its module as the host would.
 #[derive(Debug, Clone)]
@@ -33,6 +42,9 @@ pub struct StartRequest {
     pub debug_level: i32,
     /// Become this user (uid, gid) before any module code runs.
     pub user: Option<(u32, u32)>,
+    /// Become this user right after `metric_init`, as gmond does after its
+    /// `init` (`globals { setuid user }`).
+    pub then_user: Option<(u32, u32)>,
     /// RLIMIT_DATA for the process, in bytes.
     pub memory_limit: Option<u64>,
 }
@@ -220,6 +232,7 @@ impl Encoder {
     }
 
     fn start(&mut self, r: &StartRequest) {
+        self.u32(VERSION);
         self.u32(r.parent_pid);
         self.path(&r.dir);
         self.str(&r.module.name);
@@ -263,6 +276,14 @@ impl Encoder {
         }
         self.u32(r.debug_level as u32);
         match r.user {
+            Some((uid, gid)) => {
+                self.u8(1);
+                self.u32(uid);
+                self.u32(gid);
+            }
+            None => self.u8(0),
+        }
+        match r.then_user {
             Some((uid, gid)) => {
                 self.u8(1);
                 self.u32(uid);
@@ -527,6 +548,13 @@ impl<'a> Decoder<'a> {
     }
 
     fn start(&mut self) -> io::Result<StartRequest> {
+        let version = self.u32()?;
+        if version != VERSION {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("gmond speaks protocol version {version}, this program version {VERSION}"),
+            ));
+        }
         let parent_pid = self.u32()?;
         let dir = self.path()?;
         let module = ModuleRef {
@@ -585,6 +613,10 @@ impl<'a> Decoder<'a> {
             0 => None,
             _ => Some((self.u32()?, self.u32()?)),
         };
+        let then_user = match self.u8()? {
+            0 => None,
+            _ => Some((self.u32()?, self.u32()?)),
+        };
         let memory_limit = match self.u8()? {
             0 => None,
             _ => Some(self.u64()?),
@@ -598,6 +630,7 @@ impl<'a> Decoder<'a> {
             trusted_uids,
             debug_level,
             user,
+            then_user,
             memory_limit,
         })
     }
@@ -703,6 +736,9 @@ impl FrameBuffer {
         if self.start > 0 && self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
+            if self.buf.capacity() > KEEP_BUFFER {
+                self.buf.shrink_to(64 * 1024);
+            }
         }
         let len = self.buf.len();
         self.buf.resize(len + 64 * 1024, 0);
@@ -831,6 +867,7 @@ mod tests {
             trusted_uids: vec![0, 5],
             debug_level: 2,
             user: Some((7, 8)),
+            then_user: Some((9, 10)),
             memory_limit: Some(1 << 30),
         };
         let mut e = Encoder::default();
@@ -844,6 +881,7 @@ mod tests {
                 assert_eq!(got.block, request.block);
                 assert_eq!(got.trusted_uids, request.trusted_uids);
                 assert_eq!(got.user, request.user);
+                assert_eq!(got.then_user, request.then_user);
                 assert_eq!(got.memory_limit, request.memory_limit);
                 assert_eq!(got.settings.init_timeout, request.settings.init_timeout);
             }
