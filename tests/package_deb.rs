@@ -3,8 +3,10 @@
 //! target dir), lints it, installs it with apt, enables the `hello` example by
 //! renaming its `.pyconf.disabled`, runs the installed `/usr/sbin/gmond` with a
 //! copy of the installed `/etc/ganglia/gmond.conf` whose channels are moved to
-//! free loopback ports (Debian's are multicast), finds hello's metrics,
-//! upgrades to a second build whose `modpython.conf` changed over a locally
+//! free loopback ports (Debian's are multicast), finds hello's metrics, runs
+//! it again daemonized and setuid to `ganglia` as the service does, with an
+//! isolated module (`call_mode = isolated`) whose process must follow gmond
+//! to `ganglia` and end with it, upgrades to a second build whose `modpython.conf` changed over a locally
 //! edited one (`--force-confold`: the edit must survive), and purges,
 //! checking that nothing is left behind.
 //!
@@ -13,12 +15,19 @@
 //! is purged at the end, also when the test fails.
 
 mod common;
+#[path = "common/daemon.rs"]
+mod daemon;
 
-use common::{GmondBuilder, TempDir, repo_path, secs};
+use common::{GmondBuilder, TempDir, Xml, repo_path, secs};
+use daemon::{DAEMON_INFO, Daemon};
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::io::Read;
+use std::net::{Ipv4Addr, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 const PKG: &str = "modpython";
 const SO: &str = "/usr/lib/x86_64-linux-gnu/ganglia/modpython.so";
@@ -26,6 +35,9 @@ const MODDIR: &str = "/usr/lib/x86_64-linux-gnu/ganglia/python_modules";
 const CONFD: &str = "/etc/ganglia/conf.d";
 const CONF: &str = "/etc/ganglia/conf.d/modpython.conf";
 const CHECK_BIN: &str = "/usr/bin/modpython-check";
+/// The program isolated modules run in; modpython.so runs the one beside it.
+const HELPER: &str = "/usr/lib/x86_64-linux-gnu/ganglia/modpython-module";
+const GMOND: &str = "/usr/sbin/gmond";
 const DOC: &str = "/usr/share/doc/modpython";
 const LOCK: &str = "/run/lock/modpython-package-deb-test.lock";
 
@@ -214,6 +226,7 @@ fn check_contents(deb: &Path, tmp: &Path) {
         .args(["-O", "-xlibgcc"])
         .arg(unpacked.join(SO.trim_start_matches('/')))
         .arg(unpacked.join(CHECK_BIN.trim_start_matches('/')))
+        .arg(unpacked.join(HELPER.trim_start_matches('/')))
         .current_dir(&shlibs_dir));
     let needed = together
         .lines()
@@ -222,7 +235,7 @@ fn check_contents(deb: &Path, tmp: &Path) {
     for want in needed.split(',').map(str::trim) {
         assert!(
             depends.split(',').any(|d| d.trim() == want),
-            "Depends lacks {want} (dpkg-shlibdeps for both binaries: {needed}): {depends}"
+            "Depends lacks {want} (dpkg-shlibdeps for all three binaries: {needed}): {depends}"
         );
     }
     for field in ["Provides", "Replaces", "Conflicts"] {
@@ -235,7 +248,7 @@ fn check_contents(deb: &Path, tmp: &Path) {
         .filter_map(|l| l.split_whitespace().nth(5))
         .map(|p| p.trim_start_matches('.').trim_end_matches('/').to_string())
         .collect();
-    let mut want: Vec<String> = [SO, CONF, MODDIR, CHECK_BIN]
+    let mut want: Vec<String> = [SO, CONF, MODDIR, CHECK_BIN, HELPER]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -259,6 +272,17 @@ fn check_contents(deb: &Path, tmp: &Path) {
     assert!(
         missing.is_empty(),
         "the package lacks {missing:?}:\n{listing}"
+    );
+    // The helper as dpkg will install it: root's, executable, not setuid.
+    let helper_line = listing
+        .lines()
+        .find(|l| l.ends_with(&format!(".{HELPER}")))
+        .unwrap_or_else(|| panic!("no {HELPER} in:\n{listing}"));
+    let cols: Vec<&str> = helper_line.split_whitespace().collect();
+    assert_eq!(
+        (cols[0], cols[1]),
+        ("-rwxr-xr-x", "0/0"),
+        "{HELPER} in the package: {helper_line}"
     );
     // Nothing that gmond would load without being asked to.
     let enabled: Vec<&String> = files
@@ -436,6 +460,260 @@ fn run_installed_gmond(stage: &str) {
     );
 }
 
+/// The isolated module's name; its processes are found by it.
+const ISO: &str = "pkg_iso_uid";
+
+/// The isolated module: its metric is the uid its handler runs as, and it
+/// logs that uid at its first call.
+const ISO_PY: &str = r#"
+import logging
+import os
+
+_called = []
+
+def uid(name):
+    if not _called:
+        _called.append(True)
+        logging.info("first call as uid %d", os.getuid())
+    return os.getuid()
+
+def metric_init(params):
+    return [{"name": "pkg_iso_uid", "call_back": uid, "time_max": 60,
+             "value_type": "uint", "format": "%u", "units": "", "slope": "both",
+             "description": "uid of the isolated module's handler",
+             "groups": "package_test"}]
+"#;
+
+/// Its configuration, as an operator would write it: isolated by its own
+/// setting, collected every second.
+const ISO_PYCONF: &str = r#"modules {
+  module {
+    name = "pkg_iso_uid"
+    language = "python"
+    param "modpython.call_mode" { value = "isolated" }
+  }
+}
+collection_group {
+  collect_every = 1
+  time_threshold = 1
+  metric { name = "pkg_iso_uid" }
+}
+"#;
+
+/// Files the test put into the installed directories, removed when it ends
+/// however it ends (before the purge, which must find only its own files).
+struct Placed(Vec<PathBuf>);
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// `getpwnam`: a user's uid and primary gid.
+fn user_ids(name: &str) -> (u32, u32) {
+    let c = std::ffi::CString::new(name).expect("user name");
+    // SAFETY: getpwnam takes a NUL-terminated name and returns null or a
+    // pointer into static storage, read at once, before any other call.
+    unsafe {
+        let pw = libc::getpwnam(c.as_ptr());
+        assert!(!pw.is_null(), "no user {name} (ganglia-monitor creates it)");
+        ((*pw).pw_uid, (*pw).pw_gid)
+    }
+}
+
+/// The values of one `Key:\t...` line of /proc/PID/status, as numbers.
+fn status_ids(pid: u32, key: &str) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {key}: line in /proc/{pid}/status:\n{status}"))
+        .split_whitespace()
+        .map(|n| n.parse().expect("number in /proc/PID/status"))
+        .collect()
+}
+
+/// Live processes (zombies excluded) whose command line is exactly
+/// `HELPER NAME`: the module processes of module `name`.
+fn module_processes(name: &str) -> Vec<u32> {
+    let wanted = format!("{HELPER}\0{name}\0");
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted.as_bytes())
+                && daemon::pid_alive(*pid)
+        })
+        .collect()
+}
+
+/// gmond's XML from its TCP port on loopback.
+fn read_xml(port: u16) -> Result<Xml, String> {
+    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    s.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    Xml::parse(common::decode(bytes))
+}
+
+/// The installed gmond as the Debian service runs it (`gmond -c CONF`, no
+/// `-f`: it daemonizes, then drops to `ganglia`; logs go to syslog), with
+/// the installed configuration on loopback plus an isolated module. The
+/// module's process must run the installed helper, as `ganglia` once its
+/// handler is called, as a child of the daemon, and be gone once the daemon
+/// has stopped.
+fn run_installed_gmond_daemonized_with_an_isolated_module() {
+    let (ganglia_uid, ganglia_gid) = user_ids("ganglia");
+    let py = PathBuf::from(format!("{MODDIR}/{ISO}.py"));
+    let pyconf = PathBuf::from(format!("{CONFD}/{ISO}.pyconf"));
+    let _placed = Placed(vec![py.clone(), pyconf.clone()]);
+    std::fs::write(&py, ISO_PY).expect("write the isolated module");
+    std::fs::write(&pyconf, ISO_PYCONF).expect("write its pyconf");
+    assert!(
+        module_processes(ISO).is_empty(),
+        "a process of module {ISO} runs before the test started gmond"
+    );
+
+    let dir = TempDir::new();
+    // gmond, once it is `ganglia`, may reconnect to the syslog socket in it.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let config = loopback_config();
+    let globals: Vec<String> = config
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    for want in ["daemonize = yes", "setuid = yes", "user = ganglia"] {
+        assert!(
+            globals.iter().any(|l| l == want),
+            "the installed gmond.conf no longer says `{want}`:\n{config}"
+        );
+    }
+    let tcp_port = common::free_tcp_port();
+    let conf = dir.path().join("gmond.conf");
+    std::fs::write(
+        &conf,
+        config
+            .replace("{udp_port}", &common::free_udp_port().to_string())
+            .replace("{tcp_port}", &tcp_port.to_string()),
+    )
+    .expect("write gmond.conf");
+    // systemd gives a service no environment but PATH (this one).
+    let d = Daemon::start(
+        dir.path(),
+        GMOND,
+        &conf,
+        &[("PATH", OsStr::new(common::DEFAULT_PATH))],
+    );
+    let daemon_exe = std::fs::read_link(format!("/proc/{}/exe", d.pid));
+    if daemon_exe.as_deref().ok() != Some(Path::new(GMOND)) {
+        d.fail(&format!("pid {} is {daemon_exe:?}, not {GMOND}", d.pid));
+    }
+
+    // (a) The module's metric. Its first published value must already be
+    // ganglia's uid: a handler call made as root would give 0.
+    let deadline = Instant::now() + secs(40);
+    let first = loop {
+        if !d.alive() {
+            d.fail("the daemonized gmond ended");
+        }
+        if let Some(m) = read_xml(tcp_port).ok().and_then(|x| x.metric(ISO).cloned()) {
+            break m;
+        }
+        if Instant::now() > deadline {
+            d.fail(&format!("no {ISO} in the XML within 40s"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if first.val != ganglia_uid.to_string() {
+        d.fail(&format!(
+            "{ISO}'s handler ran as uid {}, not ganglia's {ganglia_uid}",
+            first.val
+        ));
+    }
+
+    // (b) One module process, the installed helper, entirely `ganglia`.
+    let procs = module_processes(ISO);
+    if procs.len() != 1 {
+        d.fail(&format!("one process of {ISO} expected, found {procs:?}"));
+    }
+    let child = procs[0];
+    let exe = std::fs::read_link(format!("/proc/{child}/exe"));
+    if exe.as_deref().ok() != Some(Path::new(HELPER)) {
+        d.fail(&format!(
+            "module process {child} runs {exe:?}, not {HELPER}"
+        ));
+    }
+    let (uids, gids) = (status_ids(child, "Uid"), status_ids(child, "Gid"));
+    if uids != [ganglia_uid; 4] || gids != [ganglia_gid; 4] {
+        d.fail(&format!(
+            "module process {child}: Uid {uids:?}, Gid {gids:?}; expected ganglia's \
+             {ganglia_uid} and {ganglia_gid} in all four (real, effective, saved, fs)"
+        ));
+    }
+
+    // (c) Its parent is the daemon, itself `ganglia` and in a session of its
+    // own (detached from the test's).
+    let ppid = status_ids(child, "PPid");
+    if ppid != [d.pid] {
+        d.fail(&format!(
+            "module process {child} has parent {ppid:?}, not the daemon {}",
+            d.pid
+        ));
+    }
+    if status_ids(d.pid, "Uid") != [ganglia_uid; 4] {
+        d.fail("the daemon did not drop to ganglia");
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", d.pid)).expect("daemon's stat");
+    // Fields after the command's ")": state, ppid, pgrp, session.
+    let session = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.split_whitespace().nth(3))
+        .and_then(|s| s.parse::<u32>().ok());
+    if session != Some(d.pid) {
+        d.fail(&format!(
+            "the daemon {} is not a session leader (session {session:?}): {stat}",
+            d.pid
+        ));
+    }
+
+    // Its log line reached syslog through gmond: gmond's ident and pid.
+    let said = format!("[modpython] [{ISO}] first call as uid {ganglia_uid}");
+    d.wait_message(&said, secs(10));
+    for line in d.lines_saying(&said) {
+        if line.priority != DAEMON_INFO || line.ident != GMOND || line.pid != d.pid {
+            d.fail(&format!("{said:?} came as {line:?}"));
+        }
+    }
+    let errors: Vec<String> = d
+        .datagrams()
+        .into_iter()
+        .filter(|l| l.contains("[modpython] error"))
+        .collect();
+    if !errors.is_empty() {
+        d.fail(&format!("modpython errors in syslog: {errors:?}"));
+    }
+
+    // (d) SIGTERM ends the daemon and, with it, the module process.
+    if !d.stop(libc::SIGTERM, secs(15)) {
+        d.fail("the daemon did not end within 15s of SIGTERM");
+    }
+    let deadline = Instant::now() + secs(5);
+    while !module_processes(ISO).is_empty() {
+        if Instant::now() > deadline {
+            d.fail(&format!(
+                "module processes left after gmond ended: {:?}",
+                module_processes(ISO)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn conf_d_listing() -> Option<BTreeSet<String>> {
     std::fs::read_dir(CONFD).ok().map(|d| {
         d.filter_map(|e| e.ok())
@@ -494,6 +772,16 @@ fn deb_package_install_enable_upgrade_purge() {
         (0, 0o644),
         "{SO} owner/mode"
     );
+    // Not setuid (0755 exactly): gmond starts it as root, and it drops to
+    // gmond's user itself.
+    let helper = std::fs::metadata(HELPER).expect("modpython-module installed");
+    assert_eq!(
+        (helper.uid(), helper.gid(), helper.mode() & 0o7777),
+        (0, 0, 0o755),
+        "{HELPER} owner/group/mode"
+    );
+    let owner = run(Command::new("dpkg-query").args(["-S", HELPER]));
+    assert_eq!(owner.trim(), format!("{PKG}: {HELPER}"), "dpkg-query -S");
     let check = run_any(Command::new(CHECK_BIN).arg("--help"));
     assert!(
         String::from_utf8_lossy(&check.stdout).contains("usage")
@@ -509,6 +797,7 @@ fn deb_package_install_enable_upgrade_purge() {
     .expect("enable hello");
     let hello = std::fs::read_to_string(format!("{CONFD}/hello.pyconf")).expect("hello.pyconf");
     run_installed_gmond("after install");
+    run_installed_gmond_daemonized_with_an_isolated_module();
 
     // Upgrade over a locally edited conffile that the new version changed too.
     let mut edited = std::fs::read_to_string(CONF).expect("read modpython.conf");
@@ -541,7 +830,7 @@ fn deb_package_install_enable_upgrade_purge() {
     // Purge: nothing may be left.
     run(apt_get().args(["purge", PKG]));
     assert_eq!(dpkg_status(), None, "dpkg still knows {PKG} after purge");
-    let mut left: Vec<String> = [SO, MODDIR, CONF, CHECK_BIN, DOC]
+    let mut left: Vec<String> = [SO, MODDIR, CONF, CHECK_BIN, HELPER, DOC]
         .iter()
         .map(|s| s.to_string())
         .chain([format!("{CONF}.dpkg-dist"), format!("{CONF}.dpkg-old")])

@@ -44,6 +44,13 @@ fn rpm_spec_builds_a_package_with_the_promised_metadata() {
     run(Command::new("cargo")
         .args(["build", "--release", "--manifest-path"])
         .arg(repo_path("Cargo.toml")));
+    // Cargo's target directory, wherever CARGO_TARGET_DIR put it: this test
+    // runs as <target>/<profile>/deps/package_rpm-<hash>.
+    let exe = std::env::current_exe().expect("current_exe");
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("the test binary is three levels below the target directory");
     let top = TempDir::new();
     let version = env!("CARGO_PKG_VERSION");
     run(Command::new("rpmbuild")
@@ -52,6 +59,8 @@ fn rpm_spec_builds_a_package_with_the_promised_metadata() {
         .arg(format!("_topdir {}", top.path().display()))
         .arg("--define")
         .arg(format!("modpython_prebuilt {}", repo_path("").display()))
+        .arg("--define")
+        .arg(format!("modpython_target {}", target.display()))
         .arg("--define")
         .arg(format!("modpython_version {version}"))
         .arg(repo_path("packaging/rpm/modpython.spec")));
@@ -63,6 +72,7 @@ fn rpm_spec_builds_a_package_with_the_promised_metadata() {
     let files = rpm_q(&rpm, &["-l"]);
     let mut want = vec![
         "/usr/lib64/ganglia/modpython.so".to_string(),
+        "/usr/lib64/ganglia/modpython-module".to_string(),
         "/usr/bin/modpython-check".to_string(),
         "/etc/ganglia/conf.d/modpython.conf".to_string(),
         "/usr/lib64/ganglia/python_modules".to_string(),
@@ -79,6 +89,23 @@ fn rpm_spec_builds_a_package_with_the_promised_metadata() {
     for w in &want {
         assert!(files.contains(w), "the RPM lacks {w}: {files:#?}");
     }
+
+    // The isolated-module program beside modpython.so (which runs the one
+    // in its own directory): root's, executable, not setuid.
+    let modes = rpm_q(
+        &rpm,
+        &[
+            "--qf",
+            "[%{FILENAMES} %{FILEMODES:perms} %{FILEUSERNAME} %{FILEGROUPNAME}\\n]",
+        ],
+    );
+    let helper = "/usr/lib64/ganglia/modpython-module";
+    assert!(
+        modes
+            .iter()
+            .any(|l| *l == format!("{helper} -rwxr-xr-x root root")),
+        "{helper} is not -rwxr-xr-x root root: {modes:#?}"
+    );
 
     // %config(noreplace) ("cn") for every file in conf.d.
     let flags = rpm_q(&rpm, &["--qf", "[%{FILENAMES} %{FILEFLAGS:fflags}\\n]"]);
