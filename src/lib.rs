@@ -15,7 +15,8 @@
 //! | [`gmond_config`] | gmond's parsed config: `module { … }` blocks, `param`s, collection-group entries, which block a `.py` file gets |
 //! | [`config_files`] | the files behind that config: gmond's `include` rules, the file and line of each module block, where a parse error is |
 //! | [`gmond_log`] | `log` → gmond's `err_msg` / `debug_msg` |
-//! | [`isolation`] | isolated modules: the module process (`modpython-module`), its protocol, and gmond's side of one process |
+//! | [`isolation`] | isolated modules: the protocol, and gmond's side of one module process (start, talk with deadlines, how it ended) |
+//! | [`module_process`] | the `modpython-module` program (src/bin): one isolated module, loaded and called by the same code as in gmond |
 //! | [`python`] | the embedded interpreter: start-up, module loading, `ganglia` module, exceptions, the inline deadline signal |
 //! | [`cycles`] | cheap clocks for the call path |
 //! | [`descriptor`] | checking `metric_init`'s dicts into metric descriptors |
@@ -42,6 +43,7 @@ pub mod guard;
 pub mod host;
 pub mod isolation;
 pub mod metric_table;
+pub mod module_process;
 pub mod permissions;
 pub mod python;
 pub mod self_metrics;

@@ -3,14 +3,14 @@
 //! gmond or the other modules down.
 //!
 //! * [`protocol`]: the frames gmond and the module process exchange;
-//! * [`child`]: the module process's side (the `modpython-module` program,
-//!   installed beside `modpython.so`);
 //! * this file: gmond's side of one process — starting it with the
 //!   descriptors it inherits, talking to it with deadlines, and telling how
 //!   it ended. When to start, restart or kill one is the engine's
 //!   (`engine::isolated`).
+//!
+//! The module process's own side is [`crate::module_process`] (the
+//! `modpython-module` program, installed beside `modpython.so`).
 
-pub mod child;
 pub mod protocol;
 
 use std::io::{self, Read};

@@ -5,10 +5,10 @@
 //! `os._exit`, `abort()`, the memory limit, a C loop holding the GIL — ends
 //! or stalls this process only; gmond reports it and starts another.
 //!
-//! Descriptors it inherits (set up by [`super::spawn`]): [`SOCKET_FD`], the
+//! Descriptors it inherits (set up by gmond, see [`crate::isolation::ModuleProcess::spawn`]): [`SOCKET_FD`], the
 //! socket to gmond; [`CRASH_FD`], where `faulthandler` writes a fatal
 //! signal's traceback; [`STATUS_FD`], a shared page telling gmond which
-//! call is running ([`super::Status`]).
+//! call is running ([`crate::isolation::Status`]).
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -20,11 +20,13 @@ use log::{Log, Metadata, Record};
 use pyo3::exceptions::PyMemoryError;
 use pyo3::prelude::*;
 
-use super::protocol::{Encoder, FrameBuffer, FromChild, StartRequest, ToChild, WireOutcome};
-use super::{
+use crate::engine::call::{self, CallTarget, Step};
+use crate::isolation::protocol::{
+    Encoder, FrameBuffer, FromChild, StartRequest, ToChild, WireOutcome,
+};
+use crate::isolation::{
     CRASH_FD, EXIT_LOST_PARENT, EXIT_MEMORY, EXIT_PRIVILEGES, SOCKET_FD, STATUS_FD, Status,
 };
-use crate::engine::call::{self, CallTarget, Step};
 use crate::python::{self, loader, stdio};
 use crate::settings::CallMode;
 
@@ -197,7 +199,7 @@ pub fn main() -> i32 {
         }
     }
     // SAFETY: the socket's descriptor was set up for us by gmond (see
-    // `super::spawn`), checked open just above, and nothing else in this
+    // `isolation::ModuleProcess::spawn`), checked open just above, and nothing else in this
     // process owns it.
     let stream = unsafe { UnixStream::from_raw_fd(SOCKET_FD) };
     let Ok(writer) = stream.try_clone() else {
