@@ -230,6 +230,7 @@ impl Engine {
         crate::signals::restore_if_changed("starting Python");
         Python::attach(interrupt::install)
             .map_err(|e| format!("cannot set up call deadlines: {e}"))?;
+        crate::fatal_signal::install();
 
         let options = loader::LoadOptions {
             settings: &settings,
