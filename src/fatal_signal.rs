@@ -773,12 +773,23 @@ extern "C" fn on_fatal(signal: c_int, info: *mut libc::siginfo_t, _context: *mut
             if let Some(installed) = INSTALLED.get() {
                 report(installed, signal, info, tid);
             }
+            // Done: should the previous action let gmond live on (a
+            // handler that recovers), the next crash is reported too.
+            REPORTER.store(0, Ordering::Release);
         }
         // A fault while reporting: die at once.
         Err(reporter) if reporter == tid => {}
-        // Another thread is reporting its crash, which ends gmond; this
-        // one waits rather than end it before that report is written.
-        Err(_) => sleep(Duration::from_secs(5)),
+        // Another thread is reporting its crash, which ends gmond; this one
+        // waits for that report (a few seconds at most) rather than end
+        // gmond in the middle of it.
+        Err(_) => {
+            for _ in 0..500 {
+                if REPORTER.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                sleep(Duration::from_millis(10));
+            }
+        }
     }
     resume(signal, info);
 }
