@@ -57,7 +57,7 @@
 
 use std::ffi::{CStr, c_int, c_void};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU8, AtomicU32, Ordering};
 use std::time::Duration;
 
 /// The signals a crash brings, and their names for the log.
@@ -318,8 +318,11 @@ impl<const N: usize> Line<N> {
 pub(crate) enum Cause {
     /// A fault of the crashing thread's own instruction (the kernel's).
     Fault { address: Option<u64> },
-    /// `abort()`, or a signal the process sent itself.
-    Raised,
+    /// `abort()` (SIGABRT the process sent itself).
+    Abort,
+    /// A fault signal the process sent itself: most likely another handler
+    /// (Python's faulthandler) passing a fault on; it says what it was.
+    Unknown,
     /// Sent by another process.
     Sent { pid: i32 },
 }
@@ -367,7 +370,10 @@ pub(crate) fn compose<const N: usize>(
     if let Place::Call { module, .. } = place {
         line.push(module).str(": ");
     }
-    line.str("fatal signal ").str(signal_name(signal)).str(" (");
+    line.str("fatal signal ").str(signal_name(signal));
+    if cause != Cause::Unknown {
+        line.str(" (");
+    }
     match cause {
         Cause::Fault { address } => {
             line.str(match signal {
@@ -381,17 +387,15 @@ pub(crate) fn compose<const N: usize>(
                 line.str(" at address ").hex(address);
             }
         }
-        Cause::Raised if signal == libc::SIGABRT => {
+        Cause::Abort => {
             line.str("abort() was called");
         }
-        Cause::Raised => {
-            line.str("raised by gmond's own process");
-        }
+        Cause::Unknown => {}
         Cause::Sent { pid } => {
             line.str("sent by process ").dec(pid.max(0) as u64);
         }
     }
-    line.str(") ");
+    line.str(if cause == Cause::Unknown { " " } else { ") " });
     let thread_runs_modules = match place {
         Place::Call { metric, inline, .. } => {
             line.str(if inline {
@@ -551,6 +555,7 @@ struct Syslog {
 struct Installed {
     /// The thread that installed: gmond's, where inline calls run.
     gmond_thread: c_int,
+    /// CPython's `_Py_DumpTraceback`, where it is exported (3.11, 3.12).
     dump: Option<DumpTraceback>,
     /// Read end, write end.
     pipe: Option<(OwnFd, OwnFd)>,
@@ -568,6 +573,15 @@ unsafe impl Sync for Installed {}
 unsafe impl Send for Installed {}
 
 static INSTALLED: OnceLock<Installed> = OnceLock::new();
+
+/// How the traceback is had: CPython's `_Py_DumpTraceback` called by our
+/// handler; or, where it is not exported, Python's faulthandler enabled
+/// into our pipe, which runs before our handler and passes the signal on
+/// to it; or not at all.
+const TRACEBACK_NONE: u8 = 0;
+const TRACEBACK_DIRECT: u8 = 1;
+const TRACEBACK_FAULTHANDLER: u8 = 2;
+static TRACEBACK: AtomicU8 = AtomicU8::new(TRACEBACK_NONE);
 /// The thread reporting a crash (0: none).
 static REPORTER: AtomicI32 = AtomicI32::new(0);
 
@@ -593,20 +607,14 @@ pub fn install() {
         // PyThreadState *tstate)` under this name.
         unsafe { std::mem::transmute::<*mut c_void, DumpTraceback>(p) }
     });
-    if dump.is_none() {
-        problems.push("this Python has no _Py_DumpTraceback: no Python traceback");
+    let pipe = make_pipe();
+    if pipe.is_none() {
+        problems.push("cannot make a pipe: no Python traceback".to_owned());
     }
-    let pipe = dump.and_then(|_| {
-        let p = make_pipe();
-        if p.is_none() {
-            problems.push("cannot make a pipe: no Python traceback");
-        }
-        p
-    });
     let syslog = if daemonized {
         let s = open_syslog();
         if s.is_none() {
-            problems.push("cannot open a socket for /dev/log: nothing reaches syslog");
+            problems.push("cannot open a socket for /dev/log: nothing reaches syslog".to_owned());
         }
         s
     } else {
@@ -649,9 +657,35 @@ pub fn install() {
             );
         }
     }
+    match (dump, &installed.pipe) {
+        (Some(_), Some(_)) => TRACEBACK.store(TRACEBACK_DIRECT, Ordering::Release),
+        // After our handlers: faulthandler keeps ours as the one to pass
+        // the signal on to.
+        (None, Some((_, write))) => match enable_faulthandler(write.fd) {
+            Ok(()) => TRACEBACK.store(TRACEBACK_FAULTHANDLER, Ordering::Release),
+            Err(e) => problems.push(format!(
+                "this Python exports no _Py_DumpTraceback and its faulthandler cannot be enabled ({e}): no Python traceback"
+            )),
+        },
+        (_, None) => {}
+    }
     for problem in problems {
         log::warn!("a module's call that crashes gmond will be named in the log, but {problem}");
     }
+}
+
+/// Has Python's faulthandler write the crashing thread's traceback into
+/// our pipe (`fd`) when a fatal signal arrives.
+fn enable_faulthandler(fd: c_int) -> pyo3::PyResult<()> {
+    use pyo3::prelude::*;
+    Python::attach(|py| {
+        let options = pyo3::types::PyDict::new(py);
+        options.set_item("file", fd)?;
+        options.set_item("all_threads", false)?;
+        py.import("faulthandler")?
+            .call_method("enable", (), Some(&options))?;
+        Ok(())
+    })
 }
 
 fn current_action(signal: c_int) -> libc::sigaction {
@@ -869,7 +903,7 @@ fn place_of(installed: &Installed, tid: c_int) -> Place<'static> {
 
 fn cause_of(info: *const libc::siginfo_t) -> Cause {
     if info.is_null() {
-        return Cause::Raised;
+        return Cause::Unknown;
     }
     // SAFETY: the kernel's siginfo, valid during the handler; si_addr is
     // meaningful for faults (si_code > 0), si_pid for sent signals.
@@ -880,7 +914,11 @@ fn cause_of(info: *const libc::siginfo_t) -> Cause {
                 .then(|| info.si_addr() as u64);
             Cause::Fault { address }
         } else if info.si_pid() == libc::getpid() {
-            Cause::Raised
+            if info.si_signo == libc::SIGABRT {
+                Cause::Abort
+            } else {
+                Cause::Unknown
+            }
         } else {
             Cause::Sent { pid: info.si_pid() }
         }
@@ -976,35 +1014,62 @@ fn errno() -> c_int {
 }
 
 fn report(installed: &Installed, signal: c_int, info: *const libc::siginfo_t, tid: c_int) {
+    let pipe = installed
+        .pipe
+        .as_ref()
+        .filter(|(read, write)| read.still_ours() && write.still_ours());
+    let mode = TRACEBACK.load(Ordering::Acquire);
     // SAFETY: a read of the calling thread's Python thread state, from the
     // interpreter's thread-specific key (what faulthandler does in its own
     // signal handler); null when the thread has none.
     let tstate = unsafe { pyo3::ffi::PyGILState_GetThisThreadState() };
-    let traceback = match (installed.dump, &installed.pipe) {
-        (Some(dump), Some((read, write)))
-            if !tstate.is_null() && read.still_ours() && write.still_ours() =>
-        {
+    let direct = match (installed.dump, pipe) {
+        (Some(dump), Some((read, write))) if mode == TRACEBACK_DIRECT && !tstate.is_null() => {
             Some((dump, read.fd, write.fd))
         }
         _ => None,
     };
+    // What faulthandler wrote before it passed the signal on, if it did.
+    let mut written = [0u8; 4096];
+    let mut written_len = 0;
+    if let (TRACEBACK_FAULTHANDLER, Some((read, _))) = (mode, pipe) {
+        drain(read.fd, |chunk| {
+            let n = chunk.len().min(written.len() - written_len);
+            written[written_len..written_len + n].copy_from_slice(&chunk[..n]);
+            written_len += n;
+        });
+    }
+    let mut cause = cause_of(info);
+    if written[..written_len].starts_with(b"Fatal Python error: ") {
+        // Its first line says what the signal was; ours sees its re-raise.
+        cause = Cause::Unknown;
+    }
     let sink = Sink::new(installed);
     let mut line = Line::<2048>::new();
     compose(
         &mut line,
         signal,
-        cause_of(info),
+        cause,
         place_of(installed, tid),
-        traceback.is_some(),
+        direct.is_some() || written_len > 0,
     );
     sink.emit(line.finish());
-    if let Some((dump, read, write)) = traceback {
+    let mut forward = Forward {
+        sink: &sink,
+        line: Line::new(),
+    };
+    forward.feed(&written[..written_len]);
+    if let Some((dump, read, write)) = direct {
         drain(read, |_| {});
         // SAFETY: the function CPython provides for signal handlers, given
         // our pipe's write end and this thread's own thread state.
         unsafe { dump(write, tstate) };
-        forward_lines(read, &sink);
+        drain(read, |chunk| forward.feed(chunk));
+    } else if let Some((read, _)) = pipe {
+        // The rest of faulthandler's, past what fitted above.
+        drain(read.fd, |chunk| forward.feed(chunk));
     }
+    forward.finish();
 }
 
 /// Reads what is in the pipe, without waiting, chunk by chunk.
@@ -1023,27 +1088,40 @@ fn drain(fd: c_int, mut each: impl FnMut(&[u8])) {
     }
 }
 
-/// Each line of the traceback, as a continuation line of the report.
-fn forward_lines(fd: c_int, sink: &Sink<'_>) {
-    let continuation = |line: &mut Line<1024>| {
-        let mut out = Line::<1100>::new();
-        out.str(crate::gmond_log::PREFIX).str("   ");
-        out.push(line.finish());
-        sink.emit(out.finish());
-    };
-    let mut line = Line::<1024>::new();
-    drain(fd, |chunk| {
+/// Forwards each line of the traceback as a continuation line of the report.
+struct Forward<'s, 'a> {
+    sink: &'s Sink<'a>,
+    /// The line read so far.
+    line: Line<1024>,
+}
+
+impl Forward<'_, '_> {
+    fn feed(&mut self, chunk: &[u8]) {
         for &b in chunk {
             if b == b'\n' {
-                continuation(&mut line);
-                line = Line::new();
+                self.send();
             } else {
-                line.push(&[b]);
+                self.line.push(&[b]);
             }
         }
-    });
-    if !line.as_bytes().is_empty() {
-        continuation(&mut line);
+    }
+
+    fn send(&mut self) {
+        if self.line.as_bytes().is_empty() {
+            // faulthandler's blank line after its header says nothing.
+            return;
+        }
+        let mut out = Line::<1100>::new();
+        out.str(crate::gmond_log::PREFIX).str("   ");
+        out.push(self.line.finish());
+        self.sink.emit(out.finish());
+        self.line = Line::new();
+    }
+
+    fn finish(mut self) {
+        if !self.line.as_bytes().is_empty() {
+            self.send();
+        }
     }
 }
 
@@ -1160,7 +1238,7 @@ mod tests {
     fn an_inline_abort_and_other_places() {
         let text = composed(
             libc::SIGABRT,
-            Cause::Raised,
+            Cause::Abort,
             Place::Call {
                 module: b"module 'a' (/a.py)",
                 metric: b"m",
@@ -1199,7 +1277,7 @@ mod tests {
         assert!(!text.contains("isolated"), "{text}");
         let text = composed(
             libc::SIGILL,
-            Cause::Raised,
+            Cause::Unknown,
             Place::UnnamedCall {
                 index: 7,
                 inline: false,
@@ -1207,7 +1285,7 @@ mod tests {
             false,
         );
         assert!(
-            text.contains("(raised by gmond's own process) in the call of metric number 7"),
+            text.contains("fatal signal SIGILL in the call of metric number 7; gmond"),
             "{text}"
         );
     }
