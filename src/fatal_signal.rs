@@ -24,11 +24,15 @@
 //!   call); inline calls are already tracked for the watchdog
 //!   (`interrupt::inline_call_in_flight`). Names come from a table built
 //!   once when the metrics are known and never freed ([`publish_names`]).
-//! * *The traceback*: CPython's exported `_Py_DumpTraceback` (the function
+//! * *The traceback*: CPython's `_Py_DumpTraceback` (the function
 //!   faulthandler uses from its own signal handler) writes the crashing
 //!   thread's frames into a pipe made at install; the handler reads them
-//!   back and forwards each line with our prefix. Without the symbol, or
-//!   on a thread Python does not know, there is no traceback.
+//!   back and forwards each line with our prefix. Only 3.11 and 3.12
+//!   export it; with the others, Python's faulthandler is enabled into the
+//!   same pipe after our handlers are installed: it runs first, writes the
+//!   traceback, and passes the signal on to ours (the handler it found),
+//!   which forwards what it wrote. On a thread Python does not know there
+//!   is no traceback.
 //! * *Where to*: where gmond's `err_msg` writes. In the foreground that is
 //!   stderr. A daemonized gmond (libganglia's `daemon_proc` set, which gmond
 //!   does before it calls our `init`) logs with `syslog(3)`, so the handler
@@ -603,8 +607,8 @@ pub fn install() {
     let daemonized = daemon_proc.is_some_and(|d| d.load(Ordering::Relaxed) != 0);
     let mut problems = Vec::new();
     let dump = lookup(c"_Py_DumpTraceback").map(|p| {
-        // SAFETY: CPython 3.9–3.13 export `void _Py_DumpTraceback(int fd,
-        // PyThreadState *tstate)` under this name.
+        // SAFETY: where CPython exports this name (3.11, 3.12), it is
+        // `void _Py_DumpTraceback(int fd, PyThreadState *tstate)`.
         unsafe { std::mem::transmute::<*mut c_void, DumpTraceback>(p) }
     });
     let pipe = make_pipe();
