@@ -60,8 +60,8 @@
 //! did before.
 
 use std::ffi::{CStr, c_int, c_void};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU8, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// The signals a crash brings, and their names for the log.
@@ -194,8 +194,11 @@ fn this_thread() -> c_int {
 struct Names {
     /// Each module's label, `module 'x' (/path/x.py)`.
     modules: Box<[Box<[u8]>]>,
-    /// Per metric: its module (index into `modules`) and its name.
-    metrics: Box<[(u32, Box<[u8]>)]>,
+    /// Per metric: its module (index into `modules`) and its name, shared
+    /// with the engine's labels (a copy would cost ~50 bytes a metric).
+    /// The leaked table never gives up its counts, so the names live as
+    /// long as the process; the handler only reads their bytes.
+    metrics: Box<[(u32, Arc<str>)]>,
 }
 
 /// The table in use; each one published is leaked, because the handler may
@@ -204,13 +207,10 @@ static NAMES: AtomicPtr<Names> = AtomicPtr::new(std::ptr::null_mut());
 
 /// Publishes the names the handler gives calls by: `modules` are modules'
 /// labels, `metrics` each metric's module and name, by metric index.
-pub fn publish_names<S: AsRef<str>>(modules: &[String], metrics: &[(u32, S)]) {
+pub fn publish_names(modules: &[String], metrics: &[(u32, Arc<str>)]) {
     let names = Names {
         modules: modules.iter().map(|m| one_line(m)).collect(),
-        metrics: metrics
-            .iter()
-            .map(|(module, name)| (*module, one_line(name.as_ref())))
-            .collect(),
+        metrics: metrics.into(),
     };
     NAMES.store(Box::into_raw(Box::new(names)), Ordering::Release);
 }
@@ -256,6 +256,15 @@ impl<const N: usize> Line<N> {
         self.len += n;
         if n < text.len() {
             self.cut = true;
+        }
+        self
+    }
+
+    /// `text` with control characters (a newline would start a line of
+    /// its own in the log) as spaces.
+    pub(crate) fn clean(&mut self, text: &[u8]) -> &mut Self {
+        for &b in text {
+            self.push(&[if b.is_ascii_control() { b' ' } else { b }]);
         }
         self
     }
@@ -372,7 +381,7 @@ pub(crate) fn compose<const N: usize>(
 ) {
     line.str(crate::gmond_log::PREFIX).str(" error: ");
     if let Place::Call { module, .. } = place {
-        line.push(module).str(": ");
+        line.clean(module).str(": ");
     }
     line.str("fatal signal ").str(signal_name(signal));
     if cause != Cause::Unknown {
@@ -407,7 +416,7 @@ pub(crate) fn compose<const N: usize>(
             } else {
                 "in the call of metric '"
             })
-            .push(metric)
+            .clean(metric)
             .str(if inline {
                 "' (on gmond's own thread)"
             } else {
@@ -883,7 +892,7 @@ fn place_of(installed: &Installed, tid: c_int) -> Place<'static> {
                 let (module, metric) = n.metrics.get(index as usize)?;
                 Some(Place::Call {
                     module: n.modules.get(*module as usize)?,
-                    metric,
+                    metric: metric.as_bytes(),
                     inline,
                 })
             })
@@ -1366,12 +1375,27 @@ mod tests {
     fn names_are_published_on_one_line() {
         publish_names(
             &["module 'x' (/p/x\n.py)".to_owned()],
-            &[(0, "m\tone"), (0, "two")],
+            &[(0, Arc::from("m\tone")), (0, Arc::from("two"))],
         );
         let n = names().unwrap();
         assert_eq!(&*n.modules[0], b"module 'x' (/p/x .py)");
-        assert_eq!(&*n.metrics[0].1, b"m one");
         assert_eq!(n.metrics[1].0, 0);
+        let text = composed(
+            libc::SIGSEGV,
+            Cause::Unknown,
+            Place::Call {
+                module: &n.modules[0],
+                metric: n.metrics[0].1.as_bytes(),
+                inline: false,
+            },
+            false,
+        );
+        assert!(
+            text.contains(
+                "module 'x' (/p/x .py): fatal signal SIGSEGV in the call of metric 'm one' ("
+            ),
+            "{text}"
+        );
     }
 
     #[test]
