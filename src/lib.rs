@@ -24,6 +24,7 @@
 //! | [`metric_table`] | the `Ganglia_25metric` array and metadata gmond reads |
 //! | [`self_metrics`] | the host's own modpython_* metrics |
 //! | [`signals`] | keeping gmond's signal handlers in place around module code |
+//! | [`fatal_signal`] | a crash (SIGSEGV, SIGABRT, …) names the module whose call was in flight, with its traceback, in gmond's log |
 //! | [`permissions`] | who may own the module code gmond imports as root |
 //! | [`settings`] | host settings (python_module params) and per-module `modpython.*` overrides |
 //! | [`text`] | what text gmond can carry |
@@ -36,6 +37,7 @@ pub mod cycles;
 pub mod descriptor;
 pub mod engine;
 pub mod entry;
+pub mod fatal_signal;
 pub mod ffi;
 pub mod gmond_config;
 pub mod gmond_log;

@@ -11,86 +11,8 @@ mod common;
 #[path = "common/daemon.rs"]
 mod daemon;
 
-use std::ffi::OsStr;
-use std::thread;
-
-use daemon::DAEMON_INFO;
-
-use common::{GmondBuilder, TempDir, free_tcp_port, free_udp_port, modpython_so, secs};
-
-/// The gmond the daemon tests run (as in the harness, `GMOND` overrides it).
-fn gmond_binary() -> String {
-    std::env::var("GMOND").unwrap_or_else(|_| common::DEFAULT_GMOND.to_owned())
-}
-
-/// A gmond that daemonizes (no `-f`, `daemonize = yes`, debug level 0),
-/// as the Debian service runs it, and the syslog datagrams it sends.
-struct Daemon {
-    // Declared first, so it is dropped (gmond stopped) before its directory.
-    daemon: daemon::Daemon,
-    dir: TempDir,
-}
-
-impl std::ops::Deref for Daemon {
-    type Target = daemon::Daemon;
-    fn deref(&self) -> &daemon::Daemon {
-        &self.daemon
-    }
-}
-
-impl Daemon {
-    fn start(modules: &[(&str, &str)], pyconf: &str) -> Daemon {
-        let dir = TempDir::new();
-        let root = dir.path();
-        for sub in ["modules", "conf.d"] {
-            std::fs::create_dir(root.join(sub)).unwrap();
-        }
-        for (name, text) in modules {
-            std::fs::write(root.join("modules").join(name), text).unwrap();
-        }
-        std::fs::write(root.join("conf.d/test.pyconf"), pyconf).unwrap();
-        let udp = free_udp_port();
-        let tcp = free_tcp_port();
-        let conf = root.join("gmond.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "globals {{ daemonize = yes setuid = no user = nobody debug_level = 0 \
-                 host_dmax = 0 send_metadata_interval = 0 }}\n\
-                 cluster {{ name = \"modpython-test\" }}\nhost {{ location = \"test\" }}\n\
-                 udp_send_channel {{ host = 127.0.0.1 port = {udp} }}\n\
-                 udp_recv_channel {{ bind = 127.0.0.1 port = {udp} }}\n\
-                 tcp_accept_channel {{ bind = 127.0.0.1 port = {tcp} }}\n\
-                 modules {{ module {{ name = \"python_module\" path = \"{}\" params = \"{}\" }} }}\n\
-                 include ('{}/*.pyconf')\n",
-                modpython_so().display(),
-                root.join("modules").display(),
-                root.join("conf.d").display(),
-            ),
-        )
-        .unwrap();
-        let daemon = daemon::Daemon::start(
-            root,
-            gmond_binary(),
-            &conf,
-            &[
-                ("PATH", OsStr::new(common::DEFAULT_PATH)),
-                ("LANG", OsStr::new("C.UTF-8")),
-                ("TMPDIR", root.as_os_str()),
-            ],
-        );
-        Daemon { daemon, dir }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if thread::panicking() {
-            self.dir.keep();
-            eprintln!("daemon test directory kept: {}", self.dir.path().display());
-        }
-    }
-}
+use common::{GmondBuilder, secs};
+use daemon::{DAEMON_INFO, TestDaemon as Daemon, gmond_binary};
 
 /// A descriptor of a uint metric with value 1.
 const DESCRIPTOR: &str = r#"

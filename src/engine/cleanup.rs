@@ -30,6 +30,9 @@ pub fn run_within(modules: Vec<(loader::ModuleRef, Py<PyModule>)>, deadline: Dur
         .stack_size(python::THREAD_STACK)
         .spawn(move || {
             crate::signals::block_in_this_thread();
+            let _alt_stack = crate::fatal_signal::AltStack::for_this_thread();
+            let marker = crate::fatal_signal::CallMarker::claim();
+            marker.cleaning_up();
             let tx = progress_tx.clone();
             Python::attach(|py| {
                 loader::cleanup_modules(py, &modules, &|step| {

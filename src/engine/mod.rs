@@ -242,6 +242,7 @@ impl Engine {
         crate::signals::restore_if_changed("starting Python");
         Python::attach(interrupt::install)
             .map_err(|e| format!("cannot set up call deadlines: {e}"))?;
+        crate::fatal_signal::install();
 
         let then_user = isolated::user_after_init(gmond_user.as_deref());
         let starting: std::cell::RefCell<Vec<(String, isolated::Starting)>> = Default::default();

@@ -49,6 +49,7 @@ use super::call::{
     in_module_scopes, reset_thread_hooks,
 };
 use crate::cycles;
+use crate::fatal_signal::CallMarker;
 
 // Slot states.
 const IDLE: u32 = 0;
@@ -208,7 +209,9 @@ impl Worker {
             .spawn(move || {
                 let _exited = ExitGuard(&worker_slot);
                 crate::signals::block_in_this_thread();
-                worker_main(&worker_slot, &targets);
+                let _alt_stack = crate::fatal_signal::AltStack::for_this_thread();
+                let marker = crate::fatal_signal::CallMarker::claim();
+                worker_main(&worker_slot, &targets, &marker);
             })?;
         Ok(Worker {
             slot,
@@ -431,7 +434,7 @@ fn spin_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
     }
 }
 
-fn worker_main(slot: &Slot, targets: &[CallTarget]) {
+fn worker_main(slot: &Slot, targets: &[CallTarget], marker: &CallMarker) {
     // Running, and about to wait for the GIL (a thread not yet scheduled
     // is not held up by it).
     slot.wants_gil.store(true, Ordering::SeqCst);
@@ -450,7 +453,7 @@ fn worker_main(slot: &Slot, targets: &[CallTarget]) {
                     &mut batch,
                     &mut *slot.batch.lock().unwrap_or_else(|p| p.into_inner()),
                 );
-                if !run_batch(py, slot, targets, &batch) {
+                if !run_batch(py, slot, targets, &batch, marker) {
                     return;
                 }
                 // Keep the GIL for a request that follows at once (another
@@ -488,8 +491,14 @@ fn take_request(slot: &Slot) -> bool {
 }
 
 /// Makes the calls of `batch`; false when the worker is to end (the caller
-/// gave up on one of them).
-fn run_batch(py: Python<'_>, slot: &Slot, targets: &[CallTarget], batch: &[usize]) -> bool {
+/// gave up on one of them). `marker` tells a crash which call it ended.
+fn run_batch(
+    py: Python<'_>,
+    slot: &Slot,
+    targets: &[CallTarget],
+    batch: &[usize],
+    marker: &CallMarker,
+) -> bool {
     let mut returned = 0;
     let mut abandoned = false;
     in_module_scopes(targets, batch, |step| {
@@ -497,6 +506,7 @@ fn run_batch(py: Python<'_>, slot: &Slot, targets: &[CallTarget], batch: &[usize
             reset_thread_hooks(py);
             return true;
         };
+        marker.calling(index);
         let watch = Stopwatch::start(slot.timed);
         // A panic must not end the worker with the batch half made.
         let result = panic::catch_unwind(AssertUnwindSafe(|| {
@@ -519,6 +529,8 @@ fn run_batch(py: Python<'_>, slot: &Slot, targets: &[CallTarget], batch: &[usize
         returned += 1;
         !abandoned
     });
+    // After the release of the last module's hooks, still its code.
+    marker.idle();
     // Sealed, exactly: either the caller gave up on what ran after the last
     // call (the release of the module's trace hooks) first, or it can no
     // longer.

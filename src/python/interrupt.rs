@@ -298,7 +298,18 @@ pub struct Labels {
 /// Names the metrics by index, once they are known (replacing the names
 /// of an earlier set of modules, in tests that start several).
 pub fn set_metric_labels(labels: Arc<Labels>) {
+    crate::fatal_signal::publish_names(&labels.modules, &labels.metrics);
     *METRIC_LABELS.write().unwrap_or_else(|p| p.into_inner()) = Some(labels);
+}
+
+/// The index ([`INIT`] for a load) of the inline call in flight on
+/// gmond's thread, if one is: for the fatal-signal handler, which may read
+/// only atomics.
+pub(crate) fn inline_call_in_flight() -> Option<usize> {
+    if IN_FLIGHT.load(Ordering::Relaxed) & !FIRING == 0 {
+        return None;
+    }
+    Some(LABEL_INDEX.load(Ordering::Relaxed))
 }
 
 fn label_of_current() -> String {

@@ -652,6 +652,9 @@ fn load_with_deadline(
         .stack_size(super::THREAD_STACK)
         .spawn(move || {
             signals::block_in_this_thread();
+            let _alt_stack = crate::fatal_signal::AltStack::for_this_thread();
+            let marker = crate::fatal_signal::CallMarker::claim();
+            marker.loading();
             let load = || Python::attach(|py| load_module(py, &dir_owned, &id_owned, &block_owned));
             let outcome = if collecting {
                 collect_diagnostics(load)

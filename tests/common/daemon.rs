@@ -286,3 +286,86 @@ pub fn pid_alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+use crate::common::{self, TempDir, free_tcp_port, free_udp_port, modpython_so};
+
+/// The gmond the daemon tests run (as in the harness, `GMOND` overrides it).
+pub fn gmond_binary() -> String {
+    std::env::var("GMOND").unwrap_or_else(|_| common::DEFAULT_GMOND.to_owned())
+}
+
+/// A test's own daemonized gmond (no `-f`, `daemonize = yes`, debug level
+/// 0) in a directory of its own, with `modules` and one `.pyconf`.
+pub struct TestDaemon {
+    // Declared first, so it is dropped (gmond stopped) before its directory.
+    daemon: Daemon,
+    dir: TempDir,
+}
+
+impl std::ops::Deref for TestDaemon {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.daemon
+    }
+}
+
+impl TestDaemon {
+    pub fn start(modules: &[(&str, &str)], pyconf: &str) -> TestDaemon {
+        let dir = TempDir::new();
+        let root = dir.path();
+        for sub in ["modules", "conf.d"] {
+            std::fs::create_dir(root.join(sub)).unwrap();
+        }
+        for (name, text) in modules {
+            std::fs::write(root.join("modules").join(name), text).unwrap();
+        }
+        std::fs::write(root.join("conf.d/test.pyconf"), pyconf).unwrap();
+        let udp = free_udp_port();
+        let tcp = free_tcp_port();
+        let conf = root.join("gmond.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "globals {{ daemonize = yes setuid = no user = nobody debug_level = 0 \
+                 host_dmax = 0 send_metadata_interval = 0 }}\n\
+                 cluster {{ name = \"modpython-test\" }}\nhost {{ location = \"test\" }}\n\
+                 udp_send_channel {{ host = 127.0.0.1 port = {udp} }}\n\
+                 udp_recv_channel {{ bind = 127.0.0.1 port = {udp} }}\n\
+                 tcp_accept_channel {{ bind = 127.0.0.1 port = {tcp} }}\n\
+                 modules {{ module {{ name = \"python_module\" path = \"{}\" params = \"{}\" }} }}\n\
+                 include ('{}/*.pyconf')\n",
+                modpython_so().display(),
+                root.join("modules").display(),
+                root.join("conf.d").display(),
+            ),
+        )
+        .unwrap();
+        let daemon = Daemon::start(
+            root,
+            gmond_binary(),
+            &conf,
+            &[
+                ("PATH", OsStr::new(common::DEFAULT_PATH)),
+                ("LANG", OsStr::new("C.UTF-8")),
+                ("TMPDIR", root.as_os_str()),
+            ],
+        );
+        TestDaemon { daemon, dir }
+    }
+}
+
+impl TestDaemon {
+    /// The test's directory (modules in `modules/`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.dir.keep();
+            eprintln!("daemon test directory kept: {}", self.dir.path().display());
+        }
+    }
+}
