@@ -379,7 +379,7 @@ pub(crate) fn compose<const N: usize>(
     place: Place<'_>,
     traceback: bool,
 ) {
-    line.str(crate::gmond_log::PREFIX).str(" error: ");
+    line.str(crate::text::LOG_PREFIX).str(" error: ");
     if let Place::Call { module, .. } = place {
         line.clean(module).str(": ");
     }
@@ -568,6 +568,8 @@ struct Syslog {
 struct Installed {
     /// The thread that installed: gmond's, where inline calls run.
     gmond_thread: c_int,
+    /// What gmond's thread is calling inline (the watchdog's tracker).
+    inline_probe: InlineProbe,
     /// CPython's `_Py_DumpTraceback`, where it is exported (3.11, 3.12).
     dump: Option<DumpTraceback>,
     /// Read end, write end.
@@ -601,7 +603,20 @@ static REPORTER: AtomicI32 = AtomicI32::new(0);
 /// Installs the handlers, once per process. Call on gmond's thread (it
 /// tells inline calls from other threads' code by it), after Python has
 /// started.
-pub fn install() {
+/// What gmond's thread is running inline, as the watchdog tracks it.
+pub enum InlineCall {
+    None,
+    /// An inline module's import or `metric_init`.
+    Loading,
+    /// The call of this metric (by index).
+    Metric(usize),
+}
+
+/// Tells the handler what gmond's thread is running inline; it may read
+/// only atomics (it runs inside the signal handler).
+pub type InlineProbe = fn() -> InlineCall;
+
+pub fn install(inline_probe: InlineProbe) {
     if INSTALLED.get().is_some() {
         return;
     }
@@ -634,6 +649,7 @@ pub fn install() {
         None
     };
     let installed = Installed {
+        inline_probe,
         gmond_thread: this_thread(),
         dump,
         pipe,
@@ -899,10 +915,10 @@ fn place_of(installed: &Installed, tid: c_int) -> Place<'static> {
             .unwrap_or(Place::UnnamedCall { index, inline })
     };
     if tid == installed.gmond_thread {
-        return match crate::python::interrupt::inline_call_in_flight() {
-            Some(crate::python::interrupt::INIT) => Place::Loading { inline: true },
-            Some(index) => named(index as u64, true),
-            None => Place::GmondThread,
+        return match (installed.inline_probe)() {
+            InlineCall::Loading => Place::Loading { inline: true },
+            InlineCall::Metric(index) => named(index as u64, true),
+            InlineCall::None => Place::GmondThread,
         };
     }
     match marked_call(tid) {
@@ -1125,7 +1141,7 @@ impl Forward<'_, '_> {
             return;
         }
         let mut out = Line::<1100>::new();
-        out.str(crate::gmond_log::PREFIX).str("   ");
+        out.str(crate::text::LOG_PREFIX).str("   ");
         out.push(self.line.finish());
         self.sink.emit(out.finish());
         self.line = Line::new();

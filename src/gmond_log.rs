@@ -38,7 +38,7 @@ pub fn install() {
 }
 
 /// The prefix every operator-facing line starts with.
-pub const PREFIX: &str = "[modpython]";
+pub const PREFIX: &str = crate::text::LOG_PREFIX;
 
 /// gmond's effective debug level (`-d` beats `globals.debug_level`).
 pub fn debug_level() -> i32 {

@@ -71,6 +71,9 @@ pub fn truncate_utf8(text: &str, max_bytes: usize) -> &str {
     &text[..end]
 }
 
+/// The prefix every operator-facing line of gmond's log starts with.
+pub const LOG_PREFIX: &str = "[modpython]";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -242,7 +242,7 @@ impl Engine {
         crate::signals::restore_if_changed("starting Python");
         Python::attach(interrupt::install)
             .map_err(|e| format!("cannot set up call deadlines: {e}"))?;
-        crate::fatal_signal::install();
+        crate::fatal_signal::install(inline_call);
 
         let then_user = isolated::user_after_init(gmond_user.as_deref());
         let starting: std::cell::RefCell<Vec<(String, isolated::Starting)>> = Default::default();
@@ -384,14 +384,17 @@ impl Engine {
         } else {
             log::warn!("{message}");
         }
-        interrupt::set_metric_labels(Arc::new(interrupt::Labels {
+        let labels = Arc::new(interrupt::Labels {
             modules: module_states.iter().map(|m| m.id.to_string()).collect(),
             metrics: metrics
                 .iter()
                 .zip(&names)
                 .map(|(m, name)| (m.module, Arc::clone(name)))
                 .collect(),
-        }));
+        });
+        // The watchdog and the fatal-signal handler name calls alike.
+        crate::fatal_signal::publish_names(&labels.modules, &labels.metrics);
+        interrupt::set_metric_labels(labels);
         let plan = Python::attach(|py| {
             let python_metrics: Vec<(usize, &str)> = metrics
                 .iter()
@@ -1215,6 +1218,17 @@ pub fn value_text(value: &Value) -> String {
         Value::Int(v) => v.to_string(),
         Value::Float(v) => v.to_string(),
         Value::Double(v) => v.to_string(),
+    }
+}
+
+/// What gmond's thread is running inline, for the fatal-signal handler
+/// (atomics only: it runs inside the handler).
+fn inline_call() -> crate::fatal_signal::InlineCall {
+    use crate::fatal_signal::InlineCall;
+    match interrupt::inline_call_in_flight() {
+        None => InlineCall::None,
+        Some(interrupt::INIT) => InlineCall::Loading,
+        Some(index) => InlineCall::Metric(index),
     }
 }
 

@@ -298,7 +298,6 @@ pub struct Labels {
 /// Names the metrics by index, once they are known (replacing the names
 /// of an earlier set of modules, in tests that start several).
 pub fn set_metric_labels(labels: Arc<Labels>) {
-    crate::fatal_signal::publish_names(&labels.modules, &labels.metrics);
     *METRIC_LABELS.write().unwrap_or_else(|p| p.into_inner()) = Some(labels);
 }
 
