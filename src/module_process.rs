@@ -295,8 +295,12 @@ fn next_request(
             Err(_) => return None,
         }
         match frames.fill(reader) {
-            Ok(0) | Err(_) => return None,
+            Ok(0) => return None,
             Ok(_) => {}
+            // A module's own signal handler (Python installs them without
+            // SA_RESTART) interrupts the read; gmond is still there.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
         }
     }
 }
@@ -325,9 +329,10 @@ fn load(request: &StartRequest) -> Result<Module, String> {
                 .call_method("enable", (), Some(&kwargs))
                 .map_err(|e| format!("cannot enable faulthandler: {e}"))?;
             let mut settings = request.settings.clone();
-            // Loading here runs on a thread with init_timeout, as a
-            // protected module's does in gmond.
-            settings.call_mode = CallMode::Protected;
+            // This process is the module's own: the loader runs it on the
+            // main thread, where signal.signal() works, as its calls do.
+            // gmond kills the process if it passes init_timeout.
+            settings.forced_mode = Some(CallMode::Isolated);
             let options = loader::LoadOptions {
                 settings: &settings,
                 trusted_uids: request.trusted_uids.clone(),

@@ -629,3 +629,29 @@ fn a_stop_while_a_call_is_stuck_kills_the_process_within_the_cleanup_deadline() 
     );
     assert_no_module_process(&g, case.name, "SIGTERM during a stuck call");
 }
+
+#[test]
+fn a_module_signal_handler_does_not_end_its_process() {
+    // Python installs handlers without SA_RESTART: a timer signal every
+    // 10 ms interrupts the process's wait for gmond's next batch, which
+    // must not be taken for gmond going away.
+    let mut case = Case::new("iso_alarm", "pass");
+    case.init_fault = "import signal\n    signal.signal(signal.SIGALRM, lambda *a: None)\n    signal.setitimer(signal.ITIMER_REAL, 0.01, 0.01)";
+    let g = case.start();
+    let pid = first_pid(&g, &case);
+    let start = Instant::now();
+    watch_healthy(&g, secs(10), |_| start.elapsed() > secs(5));
+    let log = g.log();
+    gmond_assert!(
+        g,
+        !log.contains("its process (pid"),
+        "the module process ended while its module's timer ran"
+    );
+    gmond_assert!(
+        g,
+        module_processes(case.name) == [pid as u32],
+        "the module process is not the first one: {:?} (first {pid})",
+        module_processes(case.name)
+    );
+    stop_with_sigterm(&g, &case);
+}

@@ -456,6 +456,11 @@ impl ModuleProcess {
         }
     }
 
+    /// Whether a message is arriving: part of it is here.
+    pub fn mid_message(&self) -> bool {
+        self.frames.mid_frame()
+    }
+
     /// What `faulthandler` wrote before the process died (a traceback).
     pub fn crash_text(&mut self) -> String {
         let mut text = Vec::new();

@@ -748,6 +748,11 @@ impl FrameBuffer {
         result
     }
 
+    /// Whether part of a frame has arrived and the rest has not.
+    pub fn mid_frame(&self) -> bool {
+        self.start < self.buf.len()
+    }
+
     /// The next whole frame, as its kind and a decoder of its fields.
     pub fn next_frame(&mut self) -> io::Result<Option<(u8, Decoder<'_>)>> {
         let pending = &self.buf[self.start..];
@@ -895,12 +900,15 @@ mod tests {
         e.calls(1, false, &[1, 2, 3]);
         let bytes = e.take();
         let mut fb = FrameBuffer::default();
+        assert!(!fb.mid_frame());
         fb.fill(&mut &bytes[..5]).unwrap();
         assert!(fb.next_frame().unwrap().is_none());
+        assert!(fb.mid_frame());
         fb.fill(&mut &bytes[5..]).unwrap();
         let (kind, mut d) = fb.next_frame().unwrap().unwrap();
         assert!(
             matches!(d.to_child(kind).unwrap(), ToChild::Calls { positions, .. } if positions == [1, 2, 3])
         );
+        assert!(!fb.mid_frame());
     }
 }

@@ -349,6 +349,11 @@ pub fn load_all(
                 )),
                 other => other,
             }
+        } else if mode == CallMode::Isolated {
+            // Here in the module's own process (there is no `isolate` to
+            // hand it on to): its main thread is the module's, and gmond
+            // kills the process if it outlasts init_timeout.
+            load_module(py, dir, &id, block).map(|(m, found)| (Some(m), found))
         } else {
             load_with_deadline(py, dir, &id, block, options.settings.init_timeout)
                 .map(|(m, found)| (Some(m), found))
