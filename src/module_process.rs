@@ -35,6 +35,9 @@ use crate::settings::CallMode;
 static OUT: Mutex<Option<UnixStream>> = Mutex::new(None);
 
 fn send(frame: &[u8]) {
+    if !in_module_process() {
+        return;
+    }
     let mut out = OUT.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(stream) = out.as_mut() {
         if stream.write_all(frame).is_err() {
@@ -58,6 +61,9 @@ static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
 /// printing while gmond does not read (between rounds, or while a call is
 /// late) must not block: it may hold the GIL the calls need.
 fn send_log(message: &FromChild) {
+    if !in_module_process() {
+        return;
+    }
     let mut e = Encoder::default();
     let dropped = DROPPED_LINES.swap(0, Ordering::Relaxed);
     if dropped > 0 {
@@ -187,8 +193,85 @@ fn user_name(uid: u32) -> Option<std::ffi::CString> {
     }
 }
 
+/// Ends this process, and what the module started in its process group,
+/// when gmond shuts their socket down or closes it. gmond may not be
+/// allowed to signal this process (once gmond has dropped to its user, a
+/// module running as modpython.user belongs to another), and a SIGHUP
+/// re-exec keeps gmond's pid, so neither a kill nor the parent-death
+/// signal would end it. This thread takes no GIL: a C loop holding it, or a
+/// call stuck in Python, does not stop it.
+fn watch_gmond() -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("modpython-watch".into())
+        .spawn(|| {
+            loop {
+                let mut pollfd = libc::pollfd {
+                    fd: SOCKET_FD,
+                    events: libc::POLLRDHUP,
+                    revents: 0,
+                };
+                // SAFETY: poll on one descriptor, with a struct we own.
+                let ready = unsafe { libc::poll(&mut pollfd, 1, -1) };
+                if ready < 0
+                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                {
+                    continue;
+                }
+                if ready != 0 {
+                    end_process_group();
+                }
+            }
+        })
+        .map(drop)
+}
+
+/// Kills this process's group (its own, set up by gmond) or, should it not
+/// lead one, this process alone: never gmond's group.
+fn end_process_group() -> ! {
+    // SAFETY: getpgrp/getpid have no preconditions; the signals go to this
+    // process's own group or to itself; _exit ends it should SIGKILL not.
+    unsafe {
+        if libc::getpgrp() == libc::getpid() {
+            libc::kill(0, libc::SIGKILL);
+        }
+        libc::kill(libc::getpid(), libc::SIGKILL);
+        libc::_exit(EXIT_LOST_PARENT)
+    }
+}
+
+/// This process's pid: a child the module forked (`multiprocessing`, a
+/// stray `os.fork()`) shares the socket, and must not write into gmond's
+/// stream, nor wait on a lock copied while another thread held it.
+static MAIN_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+fn in_module_process() -> bool {
+    // SAFETY: getpid has no preconditions.
+    MAIN_PID.load(Ordering::Relaxed) == unsafe { libc::getpid() }
+}
+
+/// Marks every descriptor from 6 up close-on-exec: gmond's spawn does so
+/// with close_range, which kernels before 5.11 lack; this works on any.
+fn close_inherited_on_exec() {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > STATUS_FD)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD on a descriptor of this process (the directory's
+        // own, closed by now, makes fcntl fail harmlessly).
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
 /// The module process's `main`. Returns the exit status.
 pub fn main() -> i32 {
+    // SAFETY: getpid has no preconditions.
+    MAIN_PID.store(unsafe { libc::getpid() }, Ordering::Relaxed);
+    close_inherited_on_exec();
     // What the module starts (a subprocess, a fork) must not hold these
     // open: gmond would not see this process's end while they live.
     for fd in [SOCKET_FD, CRASH_FD, STATUS_FD] {
@@ -202,6 +285,9 @@ pub fn main() -> i32 {
     // `isolation::ModuleProcess::spawn`), checked open just above, and nothing else in this
     // process owns it.
     let stream = unsafe { UnixStream::from_raw_fd(SOCKET_FD) };
+    if watch_gmond().is_err() {
+        return EXIT_LOST_PARENT;
+    }
     let Ok(writer) = stream.try_clone() else {
         return EXIT_LOST_PARENT;
     };

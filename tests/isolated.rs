@@ -371,6 +371,7 @@ fn abort_is_reported_with_its_traceback_and_a_sighup_reexec_leaves_no_old_proces
         g.is_running(),
         "gmond did not survive its SIGHUP re-exec"
     );
+    assert_no_zombies(&g);
     stop_with_sigterm(&g, &case);
 }
 
@@ -654,4 +655,122 @@ fn a_module_signal_handler_does_not_end_its_process() {
         module_processes(case.name)
     );
     stop_with_sigterm(&g, &case);
+}
+
+/// Module processes that have exited and wait, as zombies, for gmond
+/// (`gmond_pid`) to reap them.
+fn zombie_module_processes(gmond_pid: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
+        if head.ends_with("(modpython-modul") && state == Some("Z") && ppid == Some(gmond_pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Asserts that the (re-executed) gmond reaps the module processes of the
+/// image before it: none is left a zombie.
+#[track_caller]
+fn assert_no_zombies(g: &Gmond) {
+    let deadline = Instant::now() + secs(10);
+    loop {
+        let zombies = zombie_module_processes(g.pid());
+        if zombies.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            g.fail(&format!(
+                "module processes left unreaped by the re-executed gmond: {zombies:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+const HANGS_ON_THIRD_CALL: &str = r#"
+import ctypes
+
+_calls = 0
+
+def pid(name):
+    global _calls
+    _calls += 1
+    if _calls == 3:
+        ctypes.CDLL("libc.so.6").sleep(600)
+    return os.getpid()
+
+def metric_init(params):
+    return [desc("iso_other_pid", pid)]
+"#;
+
+#[test]
+fn a_hung_process_of_another_user_is_ended_after_gmond_dropped_privileges_and_at_a_sighup() {
+    // gmond drops to nobody after init, and may not signal a process that
+    // runs as daemon: the process ends itself when gmond shuts its socket
+    // down, after kill_after and when a SIGHUP re-exec closes the socket.
+    let g = GmondBuilder::new()
+        .setuid_user("nobody")
+        .host_param("call_timeout", CALL_TIMEOUT)
+        .module_file("iso_other.py", &pymod::module("iso", HANGS_ON_THIRD_CALL))
+        .pyconf_text(
+            "iso",
+            &pymod::pyconf(
+                &[(
+                    "iso_other",
+                    &format!(
+                        "{} {} {}",
+                        pymod::setting("call_mode", "isolated"),
+                        pymod::setting("user", "daemon"),
+                        pymod::setting("kill_after", "2")
+                    ),
+                )],
+                &["^iso_other_"],
+            ),
+        )
+        .start();
+    let first = g.wait_metric("iso_other_pid", FIRST_VALUES).val_f64() as u32;
+    let module = g.module_ref("iso_other");
+    let line = g.wait_line(
+        &[
+            &module,
+            &format!("its process (pid {first}) was killed"),
+            "had not returned after",
+        ],
+        secs(30),
+    );
+    gmond_assert!(g, !line.contains("has not died yet"), "{line}");
+    let deadline = Instant::now() + secs(5);
+    while module_processes("iso_other").contains(&first) {
+        if Instant::now() > deadline {
+            g.fail(&format!(
+                "process {first} (user daemon) still runs after gmond, as nobody, killed it"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Started again as daemon (gmond, as nobody, cannot: it says so and the
+    // module stays down), the next process hangs too; either way, after
+    // the SIGHUP re-exec none is left, and none is left unreaped.
+    std::thread::sleep(Duration::from_secs(2));
+    g.signal(libc::SIGHUP);
+    assert_no_module_process(&g, "iso_other", "a SIGHUP re-exec");
+    assert_no_zombies(&g);
+    gmond_assert!(
+        g,
+        g.is_running(),
+        "gmond did not survive its SIGHUP re-exec"
+    );
 }

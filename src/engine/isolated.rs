@@ -88,6 +88,10 @@ pub(crate) struct IsolatedModule {
     kill_after: Duration,
     init_timeout: Duration,
     positions: Vec<u32>,
+    /// Metrics the module returned at start-up that gmond did not register
+    /// (another module had defined the name): a restart may return them
+    /// again without counting as a change.
+    unregistered: HashSet<String>,
 }
 
 struct Registered {
@@ -103,6 +107,8 @@ pub(crate) struct Starting {
     pub(crate) process: ModuleProcess,
     helper: PathBuf,
     request: StartRequest,
+    /// The names of the metrics the process returned from `metric_init`.
+    offered: Vec<String>,
 }
 
 /// What the engine is told about a change in a module's life, to count
@@ -220,15 +226,22 @@ pub(crate) fn start(
     let mut process = spawn(&helper, &request)?;
     let until = Instant::now() + request.settings.init_timeout;
     let descriptors = loop {
-        match process.next_event(Some(until)) {
+        let event = match process.next_event(Some(until)) {
+            // A stream of log lines does not hold gmond's start past the
+            // deadline.
             Event::Message(message) => match forward(message) {
                 Some(FromChild::Loaded { descriptors }) => break descriptors,
                 Some(FromChild::LoadFailed { message }) => {
                     process.reap(false);
                     return Err(message);
                 }
-                _ => {}
+                _ if Instant::now() >= until => Event::Timeout,
+                _ => continue,
             },
+            other => other,
+        };
+        match event {
+            Event::Message(_) => {}
             Event::Closed => return Err(ended_while_loading(&mut process)),
             Event::Timeout => {
                 process.kill();
@@ -245,6 +258,7 @@ pub(crate) fn start(
             process,
             helper,
             request,
+            offered: descriptors.iter().map(|d| d.name.clone()).collect(),
         },
         descriptors,
     ))
@@ -290,23 +304,31 @@ impl IsolatedModule {
         kill_after: Duration,
     ) -> IsolatedModule {
         let init_timeout = starting.request.settings.init_timeout;
+        let registered: Vec<Registered> = registered
+            .map(|(index, d, position)| Registered {
+                index,
+                name: d.name,
+                value_type: d.value_type,
+                position,
+            })
+            .collect();
+        let known: HashSet<&str> = registered.iter().map(|r| r.name.as_str()).collect();
+        let unregistered = starting
+            .offered
+            .into_iter()
+            .filter(|name| !known.contains(name.as_str()))
+            .collect();
         IsolatedModule {
             life: Life::Up(starting.process),
             helper: starting.helper,
             request: starting.request,
-            registered: registered
-                .map(|(index, d, position)| Registered {
-                    index,
-                    name: d.name,
-                    value_type: d.value_type,
-                    position,
-                })
-                .collect(),
+            registered,
             attempts: 0,
             seq: 0,
             kill_after,
             init_timeout,
             positions: Vec::new(),
+            unregistered,
         }
     }
 
@@ -351,7 +373,10 @@ impl IsolatedModule {
     ) -> (Life, Happened) {
         match life {
             Life::Up(mut process) => match drain(&mut process) {
+                // A child the module forked may hold the socket open after
+                // the process itself died: its exit is looked at too.
                 Some(Event::Closed) => self.crashed(process, id, names, BETWEEN_CALLS),
+                _ if process.exited() => self.crashed(process, id, names, BETWEEN_CALLS),
                 _ => (Life::Up(process), Happened::Nothing),
             },
             Life::Busy {
@@ -361,8 +386,15 @@ impl IsolatedModule {
                 since,
                 running,
             } => {
-                loop {
-                    match process.next_event(None) {
+                let slice_end = Instant::now() + LOADING_SLICE;
+                for _ in 0..DRAIN_MAX {
+                    // Results that are partly here at kill_after are waited
+                    // for a little: the process did answer.
+                    let until = (since.elapsed() >= self.kill_after
+                        && process.mid_message()
+                        && Instant::now() < slice_end)
+                        .then_some(slice_end);
+                    match process.next_event(until) {
                         Event::Message(FromChild::Results { seq: s, outcomes }) if s == seq => {
                             return (
                                 Life::Up(process),
@@ -383,6 +415,10 @@ impl IsolatedModule {
                         }
                         Event::Timeout => break,
                     }
+                }
+                if process.exited() {
+                    let during = self.during(&process, names);
+                    return self.crashed(process, id, names, &during);
                 }
                 if since.elapsed() < self.kill_after {
                     return (
@@ -425,83 +461,71 @@ impl IsolatedModule {
                     Happened::Killed,
                 )
             }
-            Life::Loading { mut process, since } => loop {
-                // A large module's metrics arrive in one message bigger
-                // than the socket's buffer: while it streams in, this
-                // round waits a little for the rest instead of taking one
-                // buffer's worth per round.
-                let until = process
-                    .mid_message()
-                    .then(|| Instant::now() + LOADING_SLICE);
-                match process.next_event(until) {
-                    Event::Message(message) => match forward(message) {
-                        Some(FromChild::Loaded { descriptors }) => {
-                            return self.loaded_again(process, id, &descriptors);
-                        }
-                        Some(FromChild::LoadFailed { message }) => {
-                            process.reap(false);
-                            let retry = self.back_off(&process);
-                            report(
-                                Level::Error,
-                                Some(id),
-                                None,
-                                format!(
-                                    "starting its process again failed: {message}; tried again in {:.0}s",
-                                    retry.as_secs_f64()
-                                ),
-                            );
-                            return (
-                                Life::Down {
-                                    retry_at: Instant::now() + retry,
-                                },
-                                Happened::Nothing,
-                            );
-                        }
-                        _ => {}
-                    },
-                    Event::Closed => {
-                        let why = ended_while_loading(&mut process);
-                        let why = why.replace("; the module is skipped", "");
-                        let retry = self.back_off(&process);
-                        report(
-                            Level::Error,
-                            Some(id),
-                            None,
-                            format!("{why}\nit is started again in {:.0}s", retry.as_secs_f64()),
-                        );
-                        return (
-                            Life::Down {
-                                retry_at: Instant::now() + retry,
-                            },
-                            Happened::Nothing,
-                        );
-                    }
-                    Event::Timeout => {
-                        if since.elapsed() < self.init_timeout {
-                            return (Life::Loading { process, since }, Happened::Nothing);
-                        }
-                        process.kill();
-                        process.reap(true);
-                        let retry = self.back_off(&process);
-                        report(
-                            Level::Error,
-                            Some(id),
-                            None,
-                            format!(
-                                "its restarted process did not finish import and metric_init within init_timeout ({:.0}s) and was killed; tried again in {:.0}s",
-                                self.init_timeout.as_secs_f64(),
-                                retry.as_secs_f64()
-                            ),
-                        );
-                        return (
-                            Life::Down {
-                                retry_at: Instant::now() + retry,
-                            },
-                            Happened::Nothing,
-                        );
+            Life::Loading { mut process, since } => {
+                let slice_end = Instant::now() + LOADING_SLICE;
+                for _ in 0..DRAIN_MAX {
+                    // A large module's metrics arrive in one message bigger
+                    // than the socket's buffer: while it streams in, this
+                    // round waits a little for the rest instead of taking
+                    // one buffer's worth per round.
+                    let until =
+                        (process.mid_message() && Instant::now() < slice_end).then_some(slice_end);
+                    match process.next_event(until) {
+                        Event::Message(message) => match forward(message) {
+                            Some(FromChild::Loaded { descriptors }) => {
+                                return self.loaded_again(process, id, &descriptors);
+                            }
+                            Some(FromChild::LoadFailed { message }) => {
+                                process.reap(false);
+                                let retry = self.back_off(&process);
+                                report(
+                                    Level::Error,
+                                    Some(id),
+                                    None,
+                                    format!(
+                                        "starting its process again failed: {message}; tried again in {:.0}s",
+                                        retry.as_secs_f64()
+                                    ),
+                                );
+                                return (
+                                    Life::Down {
+                                        retry_at: Instant::now() + retry,
+                                    },
+                                    Happened::Nothing,
+                                );
+                            }
+                            _ => {}
+                        },
+                        Event::Closed => return self.died_loading(process, id),
+                        Event::Timeout => break,
                     }
                 }
-            },
+                if process.exited() {
+                    return self.died_loading(process, id);
+                }
+                if since.elapsed() < self.init_timeout {
+                    return (Life::Loading { process, since }, Happened::Nothing);
+                }
+                process.kill();
+                process.reap(true);
+                let retry = self.back_off(&process);
+                report(
+                    Level::Error,
+                    Some(id),
+                    None,
+                    format!(
+                        "its restarted process did not finish import and metric_init within init_timeout ({:.0}s) and was killed; tried again in {:.0}s",
+                        self.init_timeout.as_secs_f64(),
+                        retry.as_secs_f64()
+                    ),
+                );
+                (
+                    Life::Down {
+                        retry_at: Instant::now() + retry,
+                    },
+                    Happened::Nothing,
+                )
+            }
             Life::Down { retry_at } => {
                 if Instant::now() < retry_at {
                     return (Life::Down { retry_at }, Happened::Nothing);
@@ -553,6 +577,25 @@ impl IsolatedModule {
         }
     }
 
+    /// A restarted process ended before it answered `metric_init`.
+    fn died_loading(&mut self, mut process: ModuleProcess, id: &ModuleRef) -> (Life, Happened) {
+        let why = ended_while_loading(&mut process);
+        let why = why.replace("; the module is skipped", "");
+        let retry = self.back_off(&process);
+        report(
+            Level::Error,
+            Some(id),
+            None,
+            format!("{why}\nit is started again in {:.0}s", retry.as_secs_f64()),
+        );
+        (
+            Life::Down {
+                retry_at: Instant::now() + retry,
+            },
+            Happened::Nothing,
+        )
+    }
+
     /// A restarted process answered `metric_init`: it goes on only with
     /// the metrics gmond registered, each of the same type.
     fn loaded_again(
@@ -566,7 +609,7 @@ impl IsolatedModule {
             .iter()
             .map(|r| (r.name.as_str(), r.value_type))
             .collect();
-        match match_descriptors(&registered, descriptors) {
+        match match_descriptors(&registered, descriptors, &self.unregistered) {
             Ok(positions) => {
                 for (r, p) in self.registered.iter_mut().zip(positions) {
                     r.position = p;
@@ -600,12 +643,9 @@ impl IsolatedModule {
 
     /// "the call of metric 'x'", from the process's status page.
     fn during(&self, process: &ModuleProcess, names: &[std::sync::Arc<str>]) -> String {
-        match process.status().phase() {
-            Status::CALLING => match process
-                .status()
-                .current_call()
-                .and_then(|p| self.index_at(p))
-            {
+        let (phase, position) = process.status().now();
+        match phase {
+            Status::CALLING => match position.and_then(|p| self.index_at(p)) {
                 Some(j) => format!("the call of metric '{}'", names[j]),
                 None => "a call of a metric gmond did not register".to_owned(),
             },
@@ -667,8 +707,12 @@ impl IsolatedModule {
         timeout: Duration,
         timed: bool,
     ) -> BatchResult {
-        let Life::Up(mut process) = std::mem::replace(&mut self.life, Life::Refused) else {
-            return BatchResult::NotReady;
+        let mut process = match std::mem::replace(&mut self.life, Life::Refused) {
+            Life::Up(process) => process,
+            other => {
+                self.life = other;
+                return BatchResult::NotReady;
+            }
         };
         let started = Instant::now();
         // gmond dropped its privileges after init: the module process
@@ -761,24 +805,30 @@ impl IsolatedModule {
             return;
         };
         loop {
-            match process.next_event(Some(until)) {
+            let event = match process.next_event(Some(until)) {
                 Event::Message(FromChild::CleanedUp) | Event::Closed => break,
                 Event::Message(message) => {
                     forward(message);
+                    // Log lines streaming in do not hold gmond's stop.
+                    if Instant::now() < until {
+                        continue;
+                    }
+                    Event::Timeout
                 }
-                Event::Timeout => {
-                    report(
-                        Level::Error,
-                        Some(id),
-                        None,
-                        format!(
-                            "its process (pid {}) did not finish metric_cleanup in time and is killed",
-                            process.pid()
-                        ),
-                    );
-                    process.kill();
-                    break;
-                }
+                other => other,
+            };
+            if let Event::Timeout = event {
+                report(
+                    Level::Error,
+                    Some(id),
+                    None,
+                    format!(
+                        "its process (pid {}) did not finish metric_cleanup in time and is killed",
+                        process.pid()
+                    ),
+                );
+                process.kill();
+                break;
             }
         }
         // Exits on its own right after CleanedUp; killed if it lingers.
@@ -837,6 +887,7 @@ pub(crate) fn outcome(wire: WireOutcome) -> Outcome {
 pub(crate) fn match_descriptors(
     registered: &[(&str, ValueType)],
     new: &[MetricDescriptor],
+    unregistered: &HashSet<String>,
 ) -> Result<Vec<u32>, Vec<String>> {
     // By name, so that a module with 10,000 metrics restarts in
     // milliseconds on gmond's thread, not in a quadratic half second.
@@ -859,7 +910,7 @@ pub(crate) fn match_descriptors(
     }
     let known: HashSet<&str> = registered.iter().map(|(name, _)| *name).collect();
     for d in new {
-        if !known.contains(d.name.as_str()) {
+        if !known.contains(d.name.as_str()) && !unregistered.contains(&d.name) {
             changes.push(format!("metric '{}' is new", d.name));
         }
     }
@@ -893,7 +944,10 @@ mod tests {
     fn the_same_metrics_in_another_order_match() {
         let registered = [("a", ValueType::Uint), ("b", ValueType::Float)];
         let new = [d("b", ValueType::Float), d("a", ValueType::Uint)];
-        assert_eq!(match_descriptors(&registered, &new), Ok(vec![1, 0]));
+        assert_eq!(
+            match_descriptors(&registered, &new, &HashSet::new()),
+            Ok(vec![1, 0])
+        );
     }
 
     #[test]
@@ -901,12 +955,27 @@ mod tests {
         let registered = [("a", ValueType::Uint), ("b", ValueType::Float)];
         let new = [d("a", ValueType::Double), d("c", ValueType::Uint)];
         assert_eq!(
-            match_descriptors(&registered, &new),
+            match_descriptors(&registered, &new, &HashSet::new()),
             Err(vec![
                 "metric 'a' was uint, now double".to_owned(),
                 "metric 'b' is gone".to_owned(),
                 "metric 'c' is new".to_owned(),
             ])
+        );
+    }
+
+    #[test]
+    fn metrics_gmond_refused_at_start_up_may_come_back() {
+        // 'b' was defined by another module first, so gmond registered
+        // only 'a'; the restarted process returns both again.
+        let registered = [("a", ValueType::Uint)];
+        let new = [d("b", ValueType::Uint), d("a", ValueType::Uint)];
+        let refused: HashSet<String> = ["b".to_owned()].into();
+        assert_eq!(match_descriptors(&registered, &new, &refused), Ok(vec![1]));
+        let other = [d("a", ValueType::Uint), d("c", ValueType::Uint)];
+        assert_eq!(
+            match_descriptors(&registered, &other, &refused),
+            Err(vec!["metric 'c' is new".to_owned()])
         );
     }
 

@@ -244,6 +244,7 @@ impl Engine {
             .map_err(|e| format!("cannot set up call deadlines: {e}"))?;
         crate::fatal_signal::install(inline_call);
 
+        isolation::adopt_earlier_processes();
         let then_user = isolated::user_after_init(gmond_user.as_deref());
         let starting: std::cell::RefCell<Vec<(String, isolated::Starting)>> = Default::default();
         let isolate = |id: &loader::ModuleRef,

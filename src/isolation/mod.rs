@@ -19,7 +19,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use protocol::{Encoder, FrameBuffer, FromChild, ToChild};
@@ -38,10 +38,12 @@ pub const EXIT_PRIVILEGES: i32 = 87;
 pub const EXIT_LOST_PARENT: i32 = 88;
 
 /// A page both processes map: which phase the module process is in and
-/// which call it is making, written with one store per call. gmond reads it
-/// when the process crashed or hangs, to name the metric whose call it was.
+/// which call it is making, one word written with one store per call, so
+/// that gmond never reads a phase with another call's position. gmond reads
+/// it when the process crashed or hangs, to name the metric whose call it
+/// was.
 pub struct Status {
-    page: *mut AtomicU32,
+    page: *mut AtomicU64,
 }
 
 // SAFETY: the page is only ever accessed through atomics, and stays mapped
@@ -112,34 +114,44 @@ impl Status {
             )
         };
         (page != libc::MAP_FAILED).then(|| Status {
-            page: page.cast::<AtomicU32>(),
+            page: page.cast::<AtomicU64>(),
         })
     }
 
-    fn word(&self, i: usize) -> &AtomicU32 {
-        // SAFETY: the page is 4 KiB, mapped until `self` is dropped, zeroed
-        // at creation, sealed against shrinking (gmond's side), and only
-        // ever accessed through atomics.
-        unsafe { &*self.page.add(i) }
+    /// The phase in the low half, the call's position in the high half.
+    fn word(&self) -> &AtomicU64 {
+        // SAFETY: the page is 4 KiB (page-aligned), mapped until `self` is
+        // dropped, zeroed at creation, sealed against shrinking (gmond's
+        // side), and only ever accessed through atomics.
+        unsafe { &*self.page }
     }
 
     pub fn set_phase(&self, phase: u32) {
-        self.word(0).store(phase, Ordering::Relaxed);
-    }
-
-    pub fn phase(&self) -> u32 {
-        self.word(0).load(Ordering::Relaxed)
+        self.word().store(u64::from(phase), Ordering::Relaxed);
     }
 
     /// The module process is calling the metric at `position`.
     pub fn calling(&self, position: usize) {
-        self.word(1).store(position as u32, Ordering::Relaxed);
-        self.word(0).store(Status::CALLING, Ordering::Relaxed);
+        self.word().store(
+            (position as u64) << 32 | u64::from(Status::CALLING),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The phase, and the position of the call in progress if one is, as
+    /// one reading.
+    pub fn now(&self) -> (u32, Option<usize>) {
+        let word = self.word().load(Ordering::Relaxed);
+        let phase = word as u32;
+        (
+            phase,
+            (phase == Status::CALLING).then_some((word >> 32) as usize),
+        )
     }
 
     /// The position of the call in progress, if one is.
     pub fn current_call(&self) -> Option<usize> {
-        (self.phase() == Status::CALLING).then(|| self.word(1).load(Ordering::Relaxed) as usize)
+        self.now().1
     }
 }
 
@@ -257,6 +269,60 @@ pub fn reap_unreaped() {
         // SAFETY: waitpid on our own child, without blocking.
         unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) == 0 }
     });
+}
+
+/// Module processes a previous gmond image started, before a SIGHUP
+/// re-exec kept gmond's pid: they are still this process's children, and
+/// end when they see their socket closed. Taken into [`UNREAPED`] so that
+/// they are reaped, not left as zombies. Call once, at start-up.
+pub fn adopt_earlier_processes() {
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<libc::pid_t>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid …": comm may hold spaces and parentheses.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        // The kernel keeps 15 bytes of the program's name.
+        if ppid == Some(me) && head.ends_with(&HELPER_NAME[..15]) {
+            found.push(pid);
+        }
+    }
+    if found.is_empty() {
+        return;
+    }
+    for &pid in &found {
+        // SAFETY: a signal to our own child, left by the image before.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    UNREAPED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(found);
+    // They die at once (SIGKILL), unless one is stuck in the kernel: that
+    // one is reaped in a later round, if this gmond has isolated modules.
+    for _ in 0..100 {
+        reap_unreaped();
+        if UNREAPED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// What reading the socket came to.
@@ -467,8 +533,10 @@ impl ModuleProcess {
         let mut chunk = [0u8; 4096];
         while text.len() < 64 * 1024 {
             match self.crash.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
+                Ok(0) => break,
                 Ok(n) => text.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
             }
         }
         String::from_utf8_lossy(&text).trim_end().to_owned()
@@ -477,12 +545,25 @@ impl ModuleProcess {
     /// Kills the process (and whatever it started in its process group).
     pub fn kill(&mut self) {
         if self.ended.is_none() {
-            // SAFETY: signals to our own child and its process group.
+            // Once gmond has dropped its privileges, it may not signal a
+            // process that runs as modpython.user: the module process
+            // watches the socket and kills itself and its group when gmond
+            // shuts it down (`module_process::watch_gmond`).
+            // SAFETY: shutdown of our own socket; signals to our own child
+            // and its process group.
             unsafe {
+                libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR);
                 libc::kill(-self.pid, libc::SIGKILL);
                 libc::kill(self.pid, libc::SIGKILL);
             }
         }
+    }
+
+    /// Whether the process is known to have exited, whatever its socket
+    /// says: a child the module forked may hold the socket open after the
+    /// module process itself died.
+    pub fn exited(&self) -> bool {
+        self.ended.is_some() || self.has_exited() != Some(false)
     }
 
     /// How the process ended, once it has (its socket closed, or after
@@ -582,5 +663,37 @@ impl Drop for ModuleProcess {
             self.kill();
             self.reap(true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_left_by_an_earlier_image_are_killed_and_reaped() {
+        // A child named as the module program, as a module process of the
+        // gmond image before a SIGHUP re-exec would be to the new image.
+        let dir = std::env::temp_dir().join(format!("modpython-adopt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let program = dir.join(HELPER_NAME);
+        std::fs::copy("/bin/sleep", &program).unwrap();
+        #[allow(clippy::zombie_processes)]
+        let child = std::process::Command::new(&program)
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as libc::pid_t;
+        // Reaped by pid below, as gmond's side does, not through `Child`.
+        drop(child);
+        adopt_earlier_processes();
+        let mut status = 0;
+        // SAFETY: waitpid on a pid that was our child, without blocking.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        let error = io::Error::last_os_error();
+        std::fs::remove_dir_all(&dir).unwrap();
+        // Reaped already: it is no longer our child to wait for.
+        assert_eq!(r, -1, "the process was not reaped (waitpid gave {r})");
+        assert_eq!(error.raw_os_error(), Some(libc::ECHILD));
     }
 }

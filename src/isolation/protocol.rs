@@ -26,6 +26,11 @@ const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// running gmond's old modpython.so may start the new program).
 pub const VERSION: u32 = 1;
 
+/// Items made room for up front when a frame gives its count: a count is
+/// only known to fit the frame's bytes, and a forged one must not make
+/// gmond ask for gigabytes (an allocation failure aborts the process).
+const PREALLOCATE_MAX: usize = 16 * 1024;
+
 /// A buffer grown past this by a large frame is given back once empty.
 const KEEP_BUFFER: usize = 1024 * 1024;
 
@@ -642,7 +647,7 @@ impl<'a> Decoder<'a> {
                 let seq = self.u32()?;
                 let timed = self.u8()? != 0;
                 let n = self.count()?;
-                let mut positions = Vec::with_capacity(n);
+                let mut positions = Vec::with_capacity(n.min(PREALLOCATE_MAX));
                 for _ in 0..n {
                     positions.push(self.u32()?);
                 }
@@ -686,7 +691,7 @@ impl<'a> Decoder<'a> {
             }
             12 => {
                 let n = self.count()?;
-                let mut descriptors = Vec::with_capacity(n);
+                let mut descriptors = Vec::with_capacity(n.min(PREALLOCATE_MAX));
                 for _ in 0..n {
                     descriptors.push(self.descriptor()?);
                 }
@@ -698,7 +703,7 @@ impl<'a> Decoder<'a> {
             14 => {
                 let seq = self.u32()?;
                 let n = self.count()?;
-                let mut outcomes = Vec::with_capacity(n);
+                let mut outcomes = Vec::with_capacity(n.min(PREALLOCATE_MAX));
                 for _ in 0..n {
                     outcomes.push(self.outcome()?);
                 }
@@ -739,6 +744,11 @@ impl FrameBuffer {
             if self.buf.capacity() > KEEP_BUFFER {
                 self.buf.shrink_to(64 * 1024);
             }
+        } else if self.start >= 64 * 1024 {
+            // Frames keep coming and the buffer is never empty: what was
+            // read already goes, or the buffer grows without end.
+            self.buf.drain(..self.start);
+            self.start = 0;
         }
         let len = self.buf.len();
         self.buf.resize(len + 64 * 1024, 0);
@@ -910,5 +920,44 @@ mod tests {
             matches!(d.to_child(kind).unwrap(), ToChild::Calls { positions, .. } if positions == [1, 2, 3])
         );
         assert!(!fb.mid_frame());
+    }
+
+    #[test]
+    fn a_steady_stream_does_not_grow_the_buffer() {
+        let mut e = Encoder::default();
+        e.calls(1, false, &[7; 100]);
+        let frame = e.take();
+        let mut fb = FrameBuffer::default();
+        // Each read brings one whole frame and the start of the next, so
+        // the buffer is never empty when the next read comes.
+        let stream = frame.repeat(2_000);
+        let mut read = 0;
+        let mut frames = 0;
+        while read < stream.len() {
+            let take = (frame.len() + 7).min(stream.len() - read);
+            fb.fill(&mut &stream[read..read + take]).unwrap();
+            read += take;
+            while fb.next_frame().unwrap().is_some() {
+                frames += 1;
+            }
+            assert!(fb.buf.len() < 256 * 1024, "buffer at {}", fb.buf.len());
+        }
+        assert_eq!(frames, 2_000);
+    }
+
+    #[test]
+    fn garbage_after_a_plausible_count_is_an_error() {
+        // A Results frame claiming as many outcomes as it has bytes, with
+        // none of them well formed.
+        let mut body = vec![14u8];
+        body.extend_from_slice(&1u32.to_le_bytes());
+        body.extend_from_slice(&60_000u32.to_le_bytes());
+        body.resize(60_010, 0xff);
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        let mut fb = FrameBuffer::default();
+        fb.fill(&mut &frame[..]).unwrap();
+        let (kind, mut d) = fb.next_frame().unwrap().unwrap();
+        assert!(d.from_child(kind).is_err());
     }
 }
