@@ -931,7 +931,8 @@ def targets_isolated(itable, rtable, dtable, sizes):
         d, f = t['visible_diff'], t['first_round_diff']
         known = [x for x in (d, f) if x == x]
         row('all 10,000 visible <= C + 0.3 s (isolated); judged by the larger',
-            'visible %+.3f s, first round done %+.3f s' % (d, f),
+            'visible %s, first round done %+.3f s'
+            % ('%+.3f s' % d if d == d else '- (packets lost: no run complete for both)', f),
             bool(known) and max(known) <= 0.3)
     for n in sorted(rtable):
         r = rtable[n]
