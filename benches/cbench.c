@@ -14,6 +14,12 @@
  *                         calls into an 8-byte counter in a shared file, so
  *                         the benchmark knows exactly how many collection
  *                         rounds ran. Params: param file { value = PATH }.
+ *                         A second metric, `bench_round_begin`, listed first
+ *                         in the group, stamps when a round began; each
+ *                         `bench_rounds` call then stores that round's
+ *                         (begin, end) in a ring in the same file, so the
+ *                         benchmark can tell how long gmond's thread spent
+ *                         in each round (CLOCK_MONOTONIC ns; layout below).
  *
  * Build: gcc -O2 -shared -fPIC -o cbench.so benches/cbench.c
  * (APR symbols resolve from gmond's global scope, as for Debian's modules.)
@@ -24,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 #include "../ganglia-headers/gmond_abi.h"
 
@@ -94,7 +101,17 @@ mmodule cbench_module = {
 
 /* ---- cbench_rounds_module: one metric counting collection rounds ---- */
 
+/* The shared file's 4096 bytes, as 64-bit words: [0] the rounds counter,
+ * [1] when the current round began (bench_round_begin), then a ring of
+ * ROUND_RING (begin, end) pairs, round k at [2 + 2 * (k % ROUND_RING)]. */
+#define ROUND_RING 255
 static volatile uint64_t *rounds;
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 static int rounds_init(apr_pool_t *pool) {
     const char *path = param(&cbench_rounds_module, "file", NULL);
@@ -105,17 +122,28 @@ static int rounds_init(apr_pool_t *pool) {
     close(fd);
     if (p == MAP_FAILED) { perror("mmap"); return 1; }
     rounds = p;
-    Ganglia_25metric *info = calloc(2, sizeof *info);
+    Ganglia_25metric *info = calloc(3, sizeof *info);
     if (!info) return 1;
     describe(&info[0], pool, "bench_rounds", "collection rounds so far");
+    describe(&info[1], pool, "bench_round_begin", "stamps the start of a round");
     cbench_rounds_module.metrics_info = info;
     return 0;
 }
 
 static g_val_t rounds_handler(int i) {
-    (void)i;
     g_val_t v;
-    v.uint32 = (uint32_t)++*rounds;
+    if (i == 1) { /* bench_round_begin */
+        rounds[1] = now_ns();
+        v.uint32 = 0;
+        return v;
+    }
+    uint64_t end = now_ns();
+    uint64_t k = *rounds + 1;
+    volatile uint64_t *slot = rounds + 2 + 2 * (k % ROUND_RING);
+    slot[0] = rounds[1];
+    slot[1] = end;
+    *rounds = k; /* last: the round's slot is written when the counter moves */
+    v.uint32 = (uint32_t)k;
     return v;
 }
 

@@ -7,10 +7,30 @@ params:
                    the int 42), bm_string (returns a str), bm_numstr (returns
                    the numeric string '12345' for a uint metric);
           "soak"   COUNT metrics, half uint (a changing int), a quarter
-                   string (a fresh string each call), a quarter double.
-  count   number of metrics (uint, soak)
+                   string (a fresh string each call), a quarter double;
+          "restart" as "uint", but the first metric's handler also stamps
+                   each call into the file STAMP (the restart benchmark of
+                   isolated mode: when the new process first answers).
+  count   number of metrics (uint, soak, restart)
   prefix  name prefix (default "bm_")
+  stamp   restart: a file of at least 4096 bytes, mapped shared; as
+          little-endian 64-bit fields (see STAMP below): the process's pid,
+          when (time.monotonic) and at what CPU (time.process_time: the
+          whole process since exec) this module was imported, metric_init
+          began and ended, and its first and latest call; the call count.
 """
+
+import time
+
+# Taken first thing at import (after `import time`): CPU the process spent
+# from exec to here is interpreter start-up and the host's set-up.
+_IMPORTED = (time.monotonic(), time.process_time())
+
+# Field offsets in the stamp file (8 bytes each; pid and calls unsigned,
+# the rest doubles).
+STAMP = {'pid': 0, 'import_t': 8, 'import_cpu': 16, 'init_start_t': 24, 'init_start_cpu': 32,
+         'init_end_t': 40, 'init_end_cpu': 48, 'first_call_t': 56, 'first_call_cpu': 64,
+         'last_call_t': 72, 'calls': 80}
 
 
 def trivial(name):
@@ -38,6 +58,39 @@ def soak_string(name):
     return '%s=%d' % (name, _tick[0])
 
 
+_stamp = [None, 0]
+
+
+def stamped(name):
+    """bm_00000 in the restart benchmark: returns 42, and stamps the call."""
+    m = _stamp[0]
+    _stamp[1] += 1
+    t = time.monotonic()
+    if _stamp[1] == 1:
+        _pack(m, '<dd', STAMP['first_call_t'], t, time.process_time())
+    _pack(m, '<dQ', STAMP['last_call_t'], t, _stamp[1])
+    return 42
+
+
+def _pack(m, fmt, offset, *values):
+    import struct
+    struct.pack_into(fmt, m, offset, *values)
+
+
+def _open_stamp(path, init_start):
+    import mmap
+    import os
+    fd = os.open(path, os.O_RDWR)
+    try:
+        m = mmap.mmap(fd, 4096)
+    finally:
+        os.close(fd)
+    m[:] = bytes(4096)
+    _pack(m, '<Qdddd', 0, os.getpid(), _IMPORTED[0], _IMPORTED[1], init_start[0],
+          init_start[1])
+    _stamp[0] = m
+
+
 def soak_double(name):
     _tick[0] += 1
     return _tick[0] * 0.5
@@ -58,6 +111,7 @@ def _metric(name, handler, value_type, fmt):
 
 
 def metric_init(params):
+    init_start = (time.monotonic(), time.process_time())
     kind = params.get('kind', 'uint')
     count = int(params.get('count', '100'))
     prefix = params.get('prefix', 'bm_')
@@ -77,8 +131,13 @@ def metric_init(params):
                 metrics.append(_metric(name, soak_string, 'string', '%s'))
             else:
                 metrics.append(_metric(name, soak_double, 'double', '%f'))
+        elif kind == 'restart' and i == 0:
+            metrics.append(_metric(name, stamped, 'uint', '%u'))
         else:
             metrics.append(_metric(name, trivial, 'uint', '%u'))
+    if kind == 'restart':
+        _open_stamp(params['stamp'], init_start)
+        _pack(_stamp[0], '<dd', STAMP['init_end_t'], time.monotonic(), time.process_time())
     return metrics
 
 
