@@ -16,8 +16,8 @@
 //! ```
 //!
 //! gmond's thread never waits for a module process beyond a call's
-//! deadline: a start after a crash is sent off and its `Loaded` picked up
-//! in a later round.
+//! deadline, or [`FIRST_ANSWER_WAIT`] for a restarted process's
+//! `metric_init` answer: a slower start is picked up in a later round.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -40,6 +40,13 @@ const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// How long one round waits for the rest of a restarted process's
 /// `Loaded` message once part of it has arrived (see [`Life::Loading`]).
 const LOADING_SLICE: Duration = Duration::from_millis(20);
+
+/// How long the round that starts a module process again waits for its
+/// `metric_init` answer on gmond's thread.
+const FIRST_ANSWER_WAIT: Duration = Duration::from_millis(200);
+
+/// How early a round may come for a restart due at `retry_at`.
+const ROUND_SLACK: Duration = Duration::from_millis(100);
 
 /// What ran when a process died outside a call, after "during".
 const BETWEEN_CALLS: &str =
@@ -462,14 +469,22 @@ impl IsolatedModule {
                 )
             }
             Life::Loading { mut process, since } => {
-                let slice_end = Instant::now() + LOADING_SLICE;
+                // The round that starts the process waits a little for its
+                // answer (a small module loads in well under it), so that
+                // it is called again in that round rather than the next.
+                let first_end = since + FIRST_ANSWER_WAIT;
+                let slice_end = Instant::now().max(first_end) + LOADING_SLICE;
                 for _ in 0..DRAIN_MAX {
                     // A large module's metrics arrive in one message bigger
                     // than the socket's buffer: while it streams in, this
                     // round waits a little for the rest instead of taking
                     // one buffer's worth per round.
-                    let until =
-                        (process.mid_message() && Instant::now() < slice_end).then_some(slice_end);
+                    let now = Instant::now();
+                    let until = if now < first_end {
+                        Some(first_end)
+                    } else {
+                        (process.mid_message() && now < slice_end).then_some(slice_end)
+                    };
                     match process.next_event(until) {
                         Event::Message(message) => match forward(message) {
                             Some(FromChild::Loaded { descriptors }) => {
@@ -527,7 +542,9 @@ impl IsolatedModule {
                 )
             }
             Life::Down { retry_at } => {
-                if Instant::now() < retry_at {
+                // gmond's rounds are not exactly one interval apart: one a
+                // little early does not put the restart off a whole round.
+                if Instant::now() + ROUND_SLACK < retry_at {
                     return (Life::Down { retry_at }, Happened::Nothing);
                 }
                 isolation::reap_unreaped();
@@ -551,8 +568,8 @@ impl IsolatedModule {
                             process,
                             since: Instant::now(),
                         };
-                        // Often ready at once for a small module; if not,
-                        // a later round picks it up.
+                        // Answered in this round for a small module; if
+                        // not, a later round picks it up.
                         self.next_life(life, id, names)
                     }
                     Err(why) => {
