@@ -42,8 +42,7 @@ fn send(frame: &[u8]) {
     if let Some(stream) = out.as_mut() {
         if stream.write_all(frame).is_err() {
             // gmond is gone: nothing is left to answer.
-            // SAFETY: ends this process at once, as a lost parent must.
-            unsafe { libc::_exit(EXIT_LOST_PARENT) };
+            end_process_group();
         }
     }
 }
@@ -96,13 +95,11 @@ fn send_log(message: &FromChild) {
             DROPPED_LINES.fetch_add(dropped + 1, Ordering::Relaxed);
             return;
         }
-        // SAFETY: as in `send`.
-        unsafe { libc::_exit(EXIT_LOST_PARENT) };
+        end_process_group();
     }
     // A frame begun must be finished, or the stream is out of step.
     if (sent as usize) < bytes.len() && stream.write_all(&bytes[sent as usize..]).is_err() {
-        // SAFETY: as in `send`.
-        unsafe { libc::_exit(EXIT_LOST_PARENT) };
+        end_process_group();
     }
 }
 
@@ -135,8 +132,7 @@ impl Log for ForwardingLogger {
 fn check_parent(parent: u32) {
     // SAFETY: getppid has no preconditions.
     if unsafe { libc::getppid() } as u32 != parent {
-        // SAFETY: as in `send`.
-        unsafe { libc::_exit(EXIT_LOST_PARENT) };
+        end_process_group();
     }
 }
 
@@ -226,7 +222,9 @@ fn watch_gmond() -> std::io::Result<()> {
 }
 
 /// Kills this process's group (its own, set up by gmond) or, should it not
-/// lead one, this process alone: never gmond's group.
+/// lead one, this process alone: never gmond's group. Every way of finding
+/// gmond gone ends here, so that what the module started goes too even
+/// where gmond may not signal it.
 fn end_process_group() -> ! {
     // SAFETY: getpgrp/getpid have no preconditions; the signals go to this
     // process's own group or to itself; _exit ends it should SIGKILL not.
@@ -249,9 +247,11 @@ fn in_module_process() -> bool {
     MAIN_PID.load(Ordering::Relaxed) == unsafe { libc::getpid() }
 }
 
-/// Marks every descriptor from 6 up close-on-exec: gmond's spawn does so
-/// with close_range, which kernels before 5.11 lack; this works on any.
-fn close_inherited_on_exec() {
+/// Closes every descriptor from 6 up: gmond's spawn marks them
+/// close-on-exec with close_range, which kernels before 5.11 lack; there,
+/// this keeps gmond's sockets out of the module process. Nothing of this
+/// process's own is open yet.
+fn close_inherited() {
     let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
         return;
     };
@@ -261,9 +261,9 @@ fn close_inherited_on_exec() {
         .filter(|&fd| fd > STATUS_FD)
         .collect();
     for fd in fds {
-        // SAFETY: F_SETFD on a descriptor of this process (the directory's
-        // own, closed by now, makes fcntl fail harmlessly).
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        // SAFETY: closes descriptors nothing in this process uses (the
+        // directory's own, closed by now, makes close fail harmlessly).
+        unsafe { libc::close(fd) };
     }
 }
 
@@ -271,7 +271,7 @@ fn close_inherited_on_exec() {
 pub fn main() -> i32 {
     // SAFETY: getpid has no preconditions.
     MAIN_PID.store(unsafe { libc::getpid() }, Ordering::Relaxed);
-    close_inherited_on_exec();
+    close_inherited();
     // What the module starts (a subprocess, a fork) must not hold these
     // open: gmond would not see this process's end while they live.
     for fd in [SOCKET_FD, CRASH_FD, STATUS_FD] {
@@ -478,8 +478,9 @@ fn serve(
     let limited = request.memory_limit.is_some();
     loop {
         let Some(Ok(request_frame)) = next_request(reader, frames) else {
-            // gmond closed the socket: it is gone, or re-executing.
-            return EXIT_LOST_PARENT;
+            // gmond closed the socket: it is gone, or re-executing, or
+            // killing this process (and may not be allowed to signal it).
+            end_process_group();
         };
         check_parent(request.parent_pid);
         match request_frame {

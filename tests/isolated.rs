@@ -716,12 +716,10 @@ def metric_init(params):
     return [desc("iso_other_pid", pid)]
 "#;
 
-#[test]
-fn a_hung_process_of_another_user_is_ended_after_gmond_dropped_privileges_and_at_a_sighup() {
-    // gmond drops to nobody after init, and may not signal a process that
-    // runs as daemon: the process ends itself when gmond shuts its socket
-    // down, after kill_after and when a SIGHUP re-exec closes the socket.
-    let g = GmondBuilder::new()
+/// gmond dropping to nobody, with module iso_other running as daemon and
+/// hanging in C on its third call.
+fn start_other_user(kill_after: &str) -> Gmond {
+    GmondBuilder::new()
         .setuid_user("nobody")
         .host_param("call_timeout", CALL_TIMEOUT)
         .module_file("iso_other.py", &pymod::module("iso", HANGS_ON_THIRD_CALL))
@@ -734,24 +732,31 @@ fn a_hung_process_of_another_user_is_ended_after_gmond_dropped_privileges_and_at
                         "{} {} {}",
                         pymod::setting("call_mode", "isolated"),
                         pymod::setting("user", "daemon"),
-                        pymod::setting("kill_after", "2")
+                        pymod::setting("kill_after", kill_after)
                     ),
                 )],
                 &["^iso_other_"],
             ),
         )
-        .start();
+        .start()
+}
+
+#[test]
+fn a_hung_process_of_another_user_is_ended_after_gmond_dropped_privileges_and_at_a_sighup() {
+    // gmond, as nobody, may not signal a process that runs as daemon: the
+    // process ends itself when gmond shuts its socket down (past
+    // kill_after) or when it closes (a SIGHUP re-exec, which keeps gmond's
+    // pid, so that no parent-death signal comes).
+    let g = start_other_user("2");
     let first = g.wait_metric("iso_other_pid", FIRST_VALUES).val_f64() as u32;
-    let module = g.module_ref("iso_other");
-    let line = g.wait_line(
+    g.wait_line(
         &[
-            &module,
+            &g.module_ref("iso_other"),
             &format!("its process (pid {first}) was killed"),
             "had not returned after",
         ],
         secs(30),
     );
-    gmond_assert!(g, !line.contains("has not died yet"), "{line}");
     let deadline = Instant::now() + secs(5);
     while module_processes("iso_other").contains(&first) {
         if Instant::now() > deadline {
@@ -761,12 +766,38 @@ fn a_hung_process_of_another_user_is_ended_after_gmond_dropped_privileges_and_at
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Started again as daemon (gmond, as nobody, cannot: it says so and the
-    // module stays down), the next process hangs too; either way, after
-    // the SIGHUP re-exec none is left, and none is left unreaped.
-    std::thread::sleep(Duration::from_secs(2));
+    g.signal(libc::SIGTERM);
+    g.wait_exit(secs(20));
+
+    // A SIGHUP while the call hangs: gmond's cleanup cannot reach the
+    // process, nor can a kill; the re-executed gmond leaves no process of
+    // the old one running, and none unreaped.
+    let g = start_other_user("600");
+    let first = g.wait_metric("iso_other_pid", FIRST_VALUES).val_f64() as u32;
+    g.wait_line(
+        &[
+            &g.module_ref("iso_other"),
+            "metric 'iso_other_pid' did not return within 1.0s",
+        ],
+        secs(20),
+    );
+    gmond_assert!(
+        g,
+        module_processes("iso_other") == [first],
+        "the hung process is not running: {:?}",
+        module_processes("iso_other")
+    );
     g.signal(libc::SIGHUP);
-    assert_no_module_process(&g, "iso_other", "a SIGHUP re-exec");
+    // The re-exec waits for the cleanup deadline (10 s) first.
+    let deadline = Instant::now() + secs(30);
+    while module_processes("iso_other").contains(&first) {
+        if Instant::now() > deadline {
+            g.fail(&format!(
+                "process {first} (user daemon) outlived gmond's SIGHUP re-exec"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_no_zombies(&g);
     gmond_assert!(
         g,

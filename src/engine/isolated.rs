@@ -45,6 +45,23 @@ const LOADING_SLICE: Duration = Duration::from_millis(20);
 /// `metric_init` answer on gmond's thread.
 const FIRST_ANSWER_WAIT: Duration = Duration::from_millis(200);
 
+/// The end of the wait for a restarted process's first answer: modules
+/// started again in the same round share one [`FIRST_ANSWER_WAIT`], so
+/// that several restarts at once do not hold gmond's thread for each.
+fn first_answer_by() -> Instant {
+    static WINDOW: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let mut window = WINDOW.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    match *window {
+        Some(end) if now < end => end,
+        _ => {
+            let end = now + FIRST_ANSWER_WAIT;
+            *window = Some(end);
+            end
+        }
+    }
+}
+
 /// How early a round may come for a restart due at `retry_at`.
 const ROUND_SLACK: Duration = Duration::from_millis(100);
 
@@ -61,6 +78,9 @@ pub(crate) enum Life {
     Loading {
         process: ModuleProcess,
         since: Instant,
+        /// Until when gmond's thread waits for the answer in the round
+        /// that started the process (see [`FIRST_ANSWER_WAIT`]).
+        answer_by: Instant,
     },
     /// Ready for a batch.
     Up(ModuleProcess),
@@ -468,11 +488,15 @@ impl IsolatedModule {
                     Happened::Killed,
                 )
             }
-            Life::Loading { mut process, since } => {
+            Life::Loading {
+                mut process,
+                since,
+                answer_by,
+            } => {
                 // The round that starts the process waits a little for its
                 // answer (a small module loads in well under it), so that
                 // it is called again in that round rather than the next.
-                let first_end = since + FIRST_ANSWER_WAIT;
+                let first_end = answer_by;
                 let slice_end = Instant::now().max(first_end) + LOADING_SLICE;
                 for _ in 0..DRAIN_MAX {
                     // A large module's metrics arrive in one message bigger
@@ -519,7 +543,14 @@ impl IsolatedModule {
                     return self.died_loading(process, id);
                 }
                 if since.elapsed() < self.init_timeout {
-                    return (Life::Loading { process, since }, Happened::Nothing);
+                    return (
+                        Life::Loading {
+                            process,
+                            since,
+                            answer_by,
+                        },
+                        Happened::Nothing,
+                    );
                 }
                 process.kill();
                 process.reap(true);
@@ -567,6 +598,7 @@ impl IsolatedModule {
                         let life = Life::Loading {
                             process,
                             since: Instant::now(),
+                            answer_by: first_answer_by(),
                         };
                         // Answered in this round for a small module; if
                         // not, a later round picks it up.

@@ -276,6 +276,12 @@ pub fn reap_unreaped() {
 /// end when they see their socket closed. Taken into [`UNREAPED`] so that
 /// they are reaped, not left as zombies. Call once, at start-up.
 pub fn adopt_earlier_processes() {
+    // Once per process image: a later call would take this image's own.
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(adopt);
+}
+
+fn adopt() {
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -303,8 +309,14 @@ pub fn adopt_earlier_processes() {
         return;
     }
     for &pid in &found {
-        // SAFETY: a signal to our own child, left by the image before.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        // Its group too: our unreaped child keeps the group's id from
+        // being reused.
+        // SAFETY: signals to our own child, left by the image before, and
+        // to the process group it leads.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+            libc::kill(pid, libc::SIGKILL);
+        }
     }
     UNREAPED
         .lock()
@@ -686,7 +698,7 @@ mod tests {
         let pid = child.id() as libc::pid_t;
         // Reaped by pid below, as gmond's side does, not through `Child`.
         drop(child);
-        adopt_earlier_processes();
+        adopt();
         let mut status = 0;
         // SAFETY: waitpid on a pid that was our child, without blocking.
         let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
