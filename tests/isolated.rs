@@ -532,8 +532,12 @@ def metric_init(params):
 #[test]
 fn module_processes_follow_gmond_to_its_user_or_run_as_their_own() {
     let nobody = 65534.0;
+    // gmond re-executed as nobody loads the .so and starts the module
+    // program again: both where nobody can read them.
+    let (_host, so) = common::host_readable_by_all();
     let g = GmondBuilder::new()
         .setuid_user("nobody")
+        .so_path(&so)
         .module_file(
             "iso_follow.py",
             &pymod::module("iso", &UIDS.replace("PREFIX", "'iso_follow'")),
@@ -718,9 +722,10 @@ def metric_init(params):
 
 /// gmond dropping to nobody, with module iso_other running as daemon and
 /// hanging in C on its third call.
-fn start_other_user(kill_after: &str) -> Gmond {
+fn start_other_user(kill_after: &str, so: &std::path::Path) -> Gmond {
     GmondBuilder::new()
         .setuid_user("nobody")
+        .so_path(so)
         .host_param("call_timeout", CALL_TIMEOUT)
         .module_file("iso_other.py", &pymod::module("iso", HANGS_ON_THIRD_CALL))
         .pyconf_text(
@@ -747,7 +752,8 @@ fn a_hung_process_of_another_user_is_ended_after_gmond_dropped_privileges_and_at
     // process ends itself when gmond shuts its socket down (past
     // kill_after) or when it closes (a SIGHUP re-exec, which keeps gmond's
     // pid, so that no parent-death signal comes).
-    let g = start_other_user("2");
+    let (_host, so) = common::host_readable_by_all();
+    let g = start_other_user("2", &so);
     let first = g.wait_metric("iso_other_pid", FIRST_VALUES).val_f64() as u32;
     g.wait_line(
         &[
@@ -772,7 +778,7 @@ fn a_hung_process_of_another_user_is_ended_after_gmond_dropped_privileges_and_at
     // A SIGHUP while the call hangs: gmond's cleanup cannot reach the
     // process, nor can a kill; the re-executed gmond leaves no process of
     // the old one running, and none unreaped.
-    let g = start_other_user("600");
+    let g = start_other_user("600", &so);
     let first = g.wait_metric("iso_other_pid", FIRST_VALUES).val_f64() as u32;
     g.wait_line(
         &[

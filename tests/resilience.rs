@@ -1175,11 +1175,7 @@ fn handlers_run_as_gmonds_user_after_setuid_and_sighup() {
     // After SIGHUP gmond re-executes itself as nobody and loads the .so
     // again: it must be where nobody can read it (a checkout under /root,
     // as on a fresh CI machine, is not).
-    let so_dir = TempDir::new();
-    chmod(so_dir.path(), 0o755);
-    let so = so_dir.path().join("modpython.so");
-    std::fs::copy(common::modpython_so(), &so).expect("copy modpython.so");
-    chmod(&so, 0o755);
+    let (_so_dir, so) = common::host_readable_by_all();
     let g = GmondBuilder::new()
         .setuid_user("nobody")
         .so_path(&so)

@@ -1183,6 +1183,29 @@ pub fn decode(bytes: Vec<u8>) -> String {
     }
 }
 
+/// modpython.so and the module program, copied together into a directory
+/// every user can read: after a SIGHUP re-exec gmond, now its `setuid`
+/// user, loads the .so again and starts module processes from beside it,
+/// and a checkout under a 0700 `/root` (a fresh CI machine's) is out of
+/// its reach. Returns the directory (removed on drop) and the .so's path,
+/// for [`GmondBuilder::so_path`].
+pub fn host_readable_by_all() -> (TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new();
+    let mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+    };
+    mode(dir.path(), 0o755);
+    let so = dir.path().join("modpython.so");
+    std::fs::copy(modpython_so(), &so).expect("copy modpython.so");
+    mode(&so, 0o755);
+    let helper = dir.path().join("modpython-module");
+    std::fs::copy(env!("CARGO_BIN_EXE_modpython-module"), &helper).expect("copy modpython-module");
+    mode(&helper, 0o755);
+    (dir, so)
+}
+
 // ---------------------------------------------------------------------------
 // Small std-only helpers
 // ---------------------------------------------------------------------------
