@@ -269,6 +269,18 @@ BUSY_NS = 200_000
 QUIET = 0.1
 
 
+def wait_first_round(proc, fd, poll):
+    """Until gmond `proc` has ended its first collection round (the rounds
+    counter at `fd`), looking every `poll` s."""
+    deadline = proc.started + 120
+    while read_counter_safe(fd) < 1:
+        if not proc.alive():
+            raise RuntimeError('gmond exited:\n' + proc.log())
+        if time.monotonic() > deadline:
+            raise RuntimeError('no collection round within 120 s:\n' + proc.log())
+        time.sleep(poll)
+
+
 def next_round(fd, timeout=5.0):
     """Waits for the rounds counter to move (the round's collections just
     ended: bench_rounds is the group's last metric); returns its value."""
@@ -323,13 +335,7 @@ def gmond_run(paths, variant, n, window, warmup):
         pattern = b'<METRIC NAME="bm_'
         fd = os.open(dirs['rounds'], os.O_RDONLY | os.O_CREAT, 0o644)
         try:
-            deadline = a.started + 120
-            while read_counter_safe(fd) < 1:
-                if not a.alive():
-                    raise RuntimeError('gmond exited:\n' + a.log())
-                if time.monotonic() > deadline:
-                    raise RuntimeError('no collection round within 120 s:\n' + a.log())
-                time.sleep(0.001)
+            wait_first_round(a, fd, 0.001)
             first_round = time.monotonic() - a.started
             last_busy = time.monotonic()
             prev = task_ns(b.pid, b.pid)
@@ -462,13 +468,7 @@ def restart_run(paths, n, warmup, timeout=180.0):
     rfd = os.open(dirs['rounds'], os.O_RDONLY | os.O_CREAT, 0o644)
     sfd = os.open(stamp_path, os.O_RDONLY)
     try:
-        deadline = a.started + 120
-        while read_counter_safe(rfd) < 1:
-            if not a.alive():
-                raise RuntimeError('gmond exited:\n' + a.log())
-            if time.monotonic() > deadline:
-                raise RuntimeError('no collection round within 120 s:\n' + a.log())
-            time.sleep(0.005)
+        wait_first_round(a, rfd, 0.005)
         time.sleep(warmup)
         old = the_module_process(a.pid)
         old_cpu = cpu_ns(old)[1]

@@ -481,12 +481,7 @@ impl IsolatedModule {
                         with_traceback(&traceback)
                     ),
                 );
-                (
-                    Life::Down {
-                        retry_at: Instant::now() + retry,
-                    },
-                    Happened::Killed,
-                )
+                down_for(retry, Happened::Killed)
             }
             Life::Loading {
                 mut process,
@@ -526,12 +521,7 @@ impl IsolatedModule {
                                         retry.as_secs_f64()
                                     ),
                                 );
-                                return (
-                                    Life::Down {
-                                        retry_at: Instant::now() + retry,
-                                    },
-                                    Happened::Nothing,
-                                );
+                                return down_for(retry, Happened::Nothing);
                             }
                             _ => {}
                         },
@@ -565,12 +555,7 @@ impl IsolatedModule {
                         retry.as_secs_f64()
                     ),
                 );
-                (
-                    Life::Down {
-                        retry_at: Instant::now() + retry,
-                    },
-                    Happened::Nothing,
-                )
+                down_for(retry, Happened::Nothing)
             }
             Life::Down { retry_at } => {
                 // gmond's rounds are not exactly one interval apart: one a
@@ -613,12 +598,7 @@ impl IsolatedModule {
                             None,
                             format!("{why}; tried again in {:.0}s", retry.as_secs_f64()),
                         );
-                        (
-                            Life::Down {
-                                retry_at: Instant::now() + retry,
-                            },
-                            Happened::Nothing,
-                        )
+                        down_for(retry, Happened::Nothing)
                     }
                 }
             }
@@ -637,12 +617,7 @@ impl IsolatedModule {
             None,
             format!("{why}\nit is started again in {:.0}s", retry.as_secs_f64()),
         );
-        (
-            Life::Down {
-                retry_at: Instant::now() + retry,
-            },
-            Happened::Nothing,
-        )
+        down_for(retry, Happened::Nothing)
     }
 
     /// A restarted process answered `metric_init`: it goes on only with
@@ -730,12 +705,7 @@ impl IsolatedModule {
                 with_traceback(&traceback)
             ),
         );
-        (
-            Life::Down {
-                retry_at: Instant::now() + retry,
-            },
-            Happened::Nothing,
-        )
+        down_for(retry, Happened::Nothing)
     }
 
     fn back_off(&mut self, process: &ModuleProcess) -> Duration {
@@ -914,6 +884,16 @@ fn drain(process: &mut ModuleProcess) -> Option<Event> {
 
 /// Messages read from a module process in one look between batches.
 const DRAIN_MAX: usize = 200;
+
+/// No process until `retry` has passed.
+fn down_for(retry: Duration, happened: Happened) -> (Life, Happened) {
+    (
+        Life::Down {
+            retry_at: Instant::now() + retry,
+        },
+        happened,
+    )
+}
 
 /// The wait before the `attempts`-th restart.
 fn backoff(attempts: u32) -> Duration {
