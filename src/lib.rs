@@ -18,7 +18,7 @@
 //! | [`isolation`] | isolated modules: the protocol, and gmond's side of one module process (start, talk with deadlines, how it ended) |
 //! | [`module_process`] | the `modpython-module` program (src/bin): one isolated module, loaded and called by the same code as in gmond |
 //! | [`python`] | the embedded interpreter: start-up, module loading, `ganglia` module, exceptions, the inline deadline signal |
-//! | [`cycles`] | cheap clocks for the call path |
+//! | [`clock`] | the monotonic clock, precise and coarse, for deadlines |
 //! | [`descriptor`] | checking `metric_init`'s dicts into metric descriptors |
 //! | [`value`] | converting a callback's result to the metric's type |
 //! | [`metric_table`] | the `Ganglia_25metric` array and metadata gmond reads |
@@ -31,9 +31,9 @@
 //! | [`check`] | `modpython-check` (src/bin): drives the same engine without gmond, in gmond's order, and reports |
 
 pub mod check;
+pub mod clock;
 pub mod collection;
 pub mod config_files;
-pub mod cycles;
 pub mod descriptor;
 pub mod engine;
 pub mod entry;

@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
+use crate::clock;
 use crate::collection::{self, Plan};
-use crate::cycles;
 use crate::descriptor::MetricDescriptor;
 use crate::gmond_config::{CollectedMetric, ModuleBlock};
 use crate::isolation;
@@ -151,8 +151,12 @@ struct ModuleState {
     /// module's metrics keep their last good values without being called.
     stuck: Option<Stuck>,
     stats: Stats,
-    /// Time spent in calls, in `cycles` ticks (converted when reported).
-    ticks: u64,
+    /// Time spent in calls, in ns of the monotonic clock: the clock the
+    /// deadlines are kept by, so a call given up on at its deadline counts
+    /// at least the whole deadline (the counter's learnt rate can be off
+    /// by a part in a thousand while NTP slews the clock). Read once per
+    /// batch, not per call, so the precise clock costs nothing that shows.
+    call_ns: u64,
     /// Its process, when the module is isolated.
     isolated: Option<Box<IsolatedModule>>,
 }
@@ -213,7 +217,7 @@ pub struct Engine {
     /// The module (and metric) called last, which gets the blame for a
     /// signal handler found changed before the next module's call.
     last_called: Option<(usize, usize)>,
-    /// When gmond's signal handlers were last checked ([`cycles::coarse_ns`]).
+    /// When gmond's signal handlers were last checked ([`clock::coarse_ns`]).
     last_signal_check: u64,
     /// Reused for each batch's list of calls.
     calls_scratch: Vec<usize>,
@@ -236,7 +240,6 @@ impl Engine {
         } = input;
         crate::signals::remember_gmond_handlers();
         crate::signals::defuse_stray_signals();
-        cycles::start();
         python::start(debug_level)?;
         python::stdio::set_stdout(settings.module_stdout);
         crate::signals::restore_if_changed("starting Python");
@@ -291,7 +294,7 @@ impl Engine {
                     timeout,
                     stuck: None,
                     stats: Stats::default(),
-                    ticks: 0,
+                    call_ns: 0,
                     isolated: None,
                 }
             })
@@ -432,7 +435,7 @@ impl Engine {
             timed,
             cleaned_up: false,
             last_called: None,
-            last_signal_check: cycles::coarse_ns(),
+            last_signal_check: clock::coarse_ns(),
             calls_scratch: Vec::new(),
         };
         Ok(Started {
@@ -475,7 +478,7 @@ impl Engine {
     pub fn stats(&self, out: &mut Vec<Stats>) {
         out.clear();
         out.extend(self.module_states.iter().map(|m| Stats {
-            seconds: cycles::seconds(m.ticks),
+            seconds: m.call_ns as f64 / 1e9,
             ..m.stats
         }));
     }
@@ -546,7 +549,7 @@ impl Engine {
         } else {
             mode
         };
-        let started = cycles::now();
+        let started = clock::monotonic_ns();
         let mut made = 0;
         let end = match worker {
             Some(worker) => {
@@ -601,7 +604,7 @@ impl Engine {
                 BatchEnd::Done
             }
         };
-        self.module_states[module].ticks += cycles::now().wrapping_sub(started);
+        self.module_states[module].call_ns += clock::monotonic_ns().saturating_sub(started);
         match end {
             BatchEnd::NoGil { .. } => {
                 self.not_called(index, &calls, Skip::NoGil, observer);
@@ -873,14 +876,14 @@ impl Engine {
         let due = match when {
             SignalCheck::BeforeCalling => previous != module,
             SignalCheck::AfterCalling => {
-                cycles::coarse_ns().saturating_sub(self.last_signal_check)
+                clock::coarse_ns().saturating_sub(self.last_signal_check)
                     >= SIGNAL_CHECK_INTERVAL.as_nanos() as u64
             }
         };
         if !due {
             return;
         }
-        self.last_signal_check = cycles::coarse_ns();
+        self.last_signal_check = clock::coarse_ns();
         let problems = crate::signals::restore_changed()
             .into_iter()
             .chain(interrupt::restore_if_changed());
@@ -1098,7 +1101,7 @@ impl Engine {
         calls: &[usize],
         observer: &mut O,
     ) {
-        let started = cycles::now();
+        let started = clock::monotonic_ns();
         let timeout = self.module_states[module].timeout;
         let result = {
             let Engine {
@@ -1113,7 +1116,7 @@ impl Engine {
                 None => BatchResult::NotReady,
             }
         };
-        self.module_states[module].ticks += cycles::now().wrapping_sub(started);
+        self.module_states[module].call_ns += clock::monotonic_ns().saturating_sub(started);
         match result {
             BatchResult::Done(outcomes) => {
                 let made = outcomes.len();

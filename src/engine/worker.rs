@@ -48,7 +48,7 @@ use super::call::{
     CallTarget, Failed, Outcome, Step, Stopwatch, Targets, call_and_convert, described,
     in_module_scopes, reset_thread_hooks,
 };
-use crate::cycles;
+use crate::clock;
 use crate::fatal_signal::CallMarker;
 
 // Slot states.
@@ -162,7 +162,7 @@ impl Stuck {
     /// How long the call has run, or ran if it has returned.
     pub fn run_time(&self) -> Duration {
         let end = match self.slot.returned.load(Ordering::Acquire) {
-            0 => cycles::monotonic_ns(),
+            0 => clock::monotonic_ns(),
             at => at,
         };
         Duration::from_nanos(end.saturating_sub(self.started))
@@ -322,9 +322,9 @@ impl Worker {
                         // The coarse stamp plus its lag: never later than the
                         // true start, so a deadline is never cut short.
                         let started =
-                            slot.call_started.load(Ordering::Acquire) + cycles::coarse_lag_ns();
+                            slot.call_started.load(Ordering::Acquire) + clock::coarse_lag_ns();
                         let ran =
-                            Duration::from_nanos(cycles::monotonic_ns().saturating_sub(started));
+                            Duration::from_nanos(clock::monotonic_ns().saturating_sub(started));
                         if progress & SEALED != 0 {
                             // Finished: DONE follows at once.
                             Duration::from_millis(1)
@@ -347,7 +347,7 @@ impl Worker {
                             end = BatchEnd::Stuck(Stuck {
                                 slot: Arc::clone(slot),
                                 index: batch[progress.min(batch.len() - 1)],
-                                started: started.saturating_sub(cycles::coarse_lag_ns()),
+                                started: started.saturating_sub(clock::coarse_lag_ns()),
                             });
                             made_in_time = progress;
                             break;
@@ -484,7 +484,7 @@ fn worker_main(slot: &Slot, targets: &[CallTarget], marker: &CallMarker) {
 /// must never read the stamp of an earlier batch.
 fn take_request(slot: &Slot) -> bool {
     slot.call_started
-        .store(cycles::coarse_ns(), Ordering::Release);
+        .store(clock::coarse_ns(), Ordering::Release);
     slot.state
         .compare_exchange(REQUESTED, RUNNING, Ordering::SeqCst, Ordering::SeqCst)
         .is_ok()
@@ -521,7 +521,7 @@ fn run_batch(
         // makes it current, so the caller never pairs the next call with
         // this one's start (and takes it for late).
         slot.call_started
-            .store(cycles::coarse_ns(), Ordering::Release);
+            .store(clock::coarse_ns(), Ordering::Release);
         abandoned = slot
             .progress
             .compare_exchange(returned, returned + 1, Ordering::AcqRel, Ordering::Acquire)
@@ -547,7 +547,7 @@ fn run_batch(
     if abandoned {
         // The call the caller gave up on has returned: the late one.
         slot.returned
-            .store(cycles::monotonic_ns(), Ordering::Release);
+            .store(clock::monotonic_ns(), Ordering::Release);
     }
     slot.state.store(DONE, Ordering::SeqCst);
     if slot.caller_asleep.load(Ordering::SeqCst) {

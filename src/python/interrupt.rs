@@ -29,7 +29,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::PyCFunction;
 
-use crate::cycles;
+use crate::clock;
 
 /// The signal used to interrupt a late inline call.
 fn deadline_signal() -> libc::c_int {
@@ -168,7 +168,7 @@ pub fn restore_if_changed() -> Option<String> {
     ))
 }
 
-/// When [`arm`] last looked at Python's handler ([`cycles::coarse_ns`]).
+/// When [`arm`] last looked at Python's handler ([`clock::coarse_ns`]).
 static HANDLER_CHECKED: AtomicU64 = AtomicU64::new(0);
 /// Set when the watchdog signalled a call since the last [`arm`].
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
@@ -341,7 +341,7 @@ pub fn arm(py: Python<'_>, deadline: Duration, index: usize) -> Armed {
     // as it was: looked at once a second (a Python call, ~4 µs here, too
     // dear for each batch), and after any batch whose call the watchdog had
     // to signal.
-    let now = cycles::coarse_ns();
+    let now = clock::coarse_ns();
     let look = SIGNALLED.load(Ordering::Relaxed)
         || now.saturating_sub(HANDLER_CHECKED.load(Ordering::Relaxed)) >= 1_000_000_000;
     if look {
@@ -367,7 +367,7 @@ pub fn arm(py: Python<'_>, deadline: Duration, index: usize) -> Armed {
     // The coarse clock plus its lag: never earlier than the true start, so
     // a call is never cut short, and at most a few ms late; the precise
     // clock cost ~10 % of a lone inline call here.
-    BATCH_STARTED.store(now + cycles::coarse_lag_ns(), Ordering::Relaxed);
+    BATCH_STARTED.store(now + clock::coarse_lag_ns(), Ordering::Relaxed);
     let seq = begin_call(index);
     BATCH_FIRST.store(seq, Ordering::Release);
     // Looked at after the new call is in flight (the watchdog stores
@@ -477,7 +477,7 @@ fn watchdog() {
             std::thread::park_timeout(shortest / 2);
             continue;
         }
-        let now = cycles::monotonic_ns();
+        let now = clock::monotonic_ns();
         // Read after `current`: a newer batch's start, if one began since,
         // only makes the call look younger, never older.
         let started = if BATCH_FIRST.load(Ordering::Acquire) == current {
