@@ -55,6 +55,7 @@ def metric_init(params):
 
 def metric_cleanup():
     print("metric_cleanup ran in process", os.getpid())
+    CLEANUP_FAULT
 "#;
 
 struct Case {
@@ -65,6 +66,8 @@ struct Case {
     fault: &'static str,
     /// Python statement(s) run at the start of every metric_init.
     init_fault: &'static str,
+    /// Python statement(s) run at the end of metric_cleanup.
+    cleanup_fault: &'static str,
     settings: Vec<(&'static str, &'static str)>,
 }
 
@@ -74,6 +77,7 @@ impl Case {
             name,
             fault,
             init_fault: "pass",
+            cleanup_fault: "pass",
             settings: Vec::new(),
         }
     }
@@ -89,6 +93,7 @@ impl Case {
     fn start_builder(&self) -> GmondBuilder {
         let body = PID_METRIC
             .replace("INIT_FAULT", self.init_fault)
+            .replace("CLEANUP_FAULT", self.cleanup_fault)
             .replace("FAULT", self.fault)
             .replace("METRIC", &format!("{:?}", self.metric()));
         let mut extra = pymod::setting("call_mode", "isolated");
@@ -484,6 +489,62 @@ fn metric_init_crashing_on_a_restart_is_retried() {
     );
     wait_restarted(&g, &case, pid, secs(30));
     stop_with_sigterm(&g, &case);
+}
+
+#[test]
+fn a_crash_in_metric_init_at_start_up_is_seen_while_a_forked_child_holds_the_socket() {
+    let mut case = Case::new("iso_fork_init", "pass");
+    // The child keeps the module process's socket open for a minute; only
+    // the process's own exit says it is gone.
+    case.init_fault = "import time\n    if os.fork() == 0:\n        time.sleep(60)\n        os._exit(0)\n    os._exit(3)";
+    let g = case.start();
+    let started = Instant::now();
+    let line = g.wait_line(
+        &[
+            &g.module_ref(case.name),
+            "exited with status 3",
+            "during import or metric_init",
+        ],
+        secs(20),
+    );
+    gmond_assert!(g, line.contains("the module is skipped"), "{line}");
+    // Seen at once, not when init_timeout (30 s) runs out.
+    gmond_assert!(
+        g,
+        !g.log().contains("did not finish within init_timeout"),
+        "the crash was taken for a hang"
+    );
+    gmond_assert!(
+        g,
+        started.elapsed() < secs(20),
+        "the crash was seen only after {:?}",
+        started.elapsed()
+    );
+    // The forked child went with its process group.
+    assert_no_module_process(&g, case.name, "the crash at start-up");
+    watch_healthy(&g, secs(4), |_| true);
+    stop_with_sigterm(&g, &case);
+}
+
+#[test]
+fn a_crash_in_metric_cleanup_is_reported_with_its_traceback() {
+    let mut case = Case::new("iso_cleanup", "pass");
+    case.cleanup_fault = "ctypes.string_at(0)";
+    let g = case.start();
+    first_pid(&g, &case);
+    stop_with_sigterm(&g, &case);
+    // gmond has exited: its whole log is in.
+    let line = g.wait_line(
+        &[
+            &g.module_ref(case.name),
+            "killed by signal SIGSEGV",
+            "during metric_cleanup",
+        ],
+        secs(1),
+    );
+    gmond_assert!(g, !line.contains("in time"), "{line}");
+    g.wait_line(&["Fatal Python error: Segmentation fault"], secs(1));
+    g.wait_line(&["iso_cleanup.py", "in metric_cleanup"], secs(1));
 }
 
 #[test]

@@ -253,7 +253,7 @@ pub(crate) fn start(
     let mut process = spawn(&helper, &request)?;
     let until = Instant::now() + request.settings.init_timeout;
     let descriptors = loop {
-        let event = match process.next_event(Some(until)) {
+        let event = match next_event_or_exit(&mut process, until) {
             // A stream of log lines does not hold gmond's start past the
             // deadline.
             Event::Message(message) => match forward(message) {
@@ -300,6 +300,27 @@ fn spawn(helper: &std::path::Path, request: &StartRequest) -> Result<ModuleProce
         uid,
     )
     .map_err(|e| format!("cannot start its process ({}): {e}", helper.display()))
+}
+
+/// How often a long wait for one message looks at whether the process has
+/// exited: a child the module forked may hold the socket open after the
+/// process itself died, and then the socket alone would not say so until
+/// the deadline.
+const EXIT_LOOK: Duration = Duration::from_millis(100);
+
+/// The next event before `until`; `Closed` as soon as the process has
+/// exited, whoever still holds its socket.
+fn next_event_or_exit(process: &mut ModuleProcess, until: Instant) -> Event {
+    loop {
+        match process.next_event(Some((Instant::now() + EXIT_LOOK).min(until))) {
+            Event::Timeout if Instant::now() < until => {
+                if process.exited() {
+                    return Event::Closed;
+                }
+            }
+            event => return event,
+        }
+    }
 }
 
 fn ended_while_loading(process: &mut ModuleProcess) -> String {
@@ -423,6 +444,15 @@ impl IsolatedModule {
                         .then_some(slice_end);
                     match process.next_event(until) {
                         Event::Message(FromChild::Results { seq: s, outcomes }) if s == seq => {
+                            if outcomes.len() != calls.len() {
+                                return self.miscounted(
+                                    process,
+                                    id,
+                                    names,
+                                    outcomes.len(),
+                                    calls.len(),
+                                );
+                            }
                             return (
                                 Life::Up(process),
                                 Happened::LateResults {
@@ -708,6 +738,33 @@ impl IsolatedModule {
         down_for(retry, Happened::Nothing)
     }
 
+    /// A batch answered with another number of outcomes than it had calls:
+    /// they cannot be matched to metrics, and a process that does this
+    /// (a `modpython-module` from another build than `modpython.so`, or
+    /// one whose memory is corrupt) is stopped and started again.
+    fn miscounted(
+        &mut self,
+        mut process: ModuleProcess,
+        id: &ModuleRef,
+        names: &[std::sync::Arc<str>],
+        got: usize,
+        wanted: usize,
+    ) -> (Life, Happened) {
+        report(
+            Level::Error,
+            Some(id),
+            None,
+            format!(
+                "its process (pid {}) answered {got} result(s) to a batch of {wanted} call(s), which cannot be matched to metrics; it is stopped. If this repeats, check that {} is the one installed with this modpython.so",
+                process.pid(),
+                crate::isolation::HELPER_NAME
+            ),
+        );
+        process.kill();
+        let during = self.during(&process, names);
+        self.crashed(process, id, names, &during)
+    }
+
     fn back_off(&mut self, process: &ModuleProcess) -> Duration {
         if process.started.elapsed() >= STABLE_AFTER {
             self.attempts = 0;
@@ -765,6 +822,11 @@ impl IsolatedModule {
         loop {
             match process.next_event(Some(until)) {
                 Event::Message(FromChild::Results { seq: s, outcomes }) if s == seq => {
+                    if outcomes.len() != calls.len() {
+                        let got = outcomes.len();
+                        (self.life, _) = self.miscounted(process, id, names, got, calls.len());
+                        return BatchResult::Crashed;
+                    }
                     self.life = Life::Up(process);
                     return BatchResult::Done(outcomes);
                 }
@@ -816,16 +878,24 @@ impl IsolatedModule {
     /// Waits until `until` for the process to finish its cleanup, then
     /// makes sure it is gone.
     pub(crate) fn finish_cleanup(&mut self, id: &ModuleRef, until: Instant) {
-        let life = std::mem::replace(&mut self.life, Life::Refused);
-        let (Life::Up(mut process)
-        | Life::Busy { mut process, .. }
-        | Life::Loading { mut process, .. }) = life
-        else {
-            return;
+        let mut process = match std::mem::replace(&mut self.life, Life::Refused) {
+            Life::Up(process) | Life::Busy { process, .. } => process,
+            // Killed by `begin_cleanup`: it never ran the module's code.
+            Life::Loading { mut process, .. } => {
+                process.reap(true);
+                return;
+            }
+            Life::Down { .. } | Life::Refused => return,
         };
+        let mut cleaned_up = false;
+        let mut killed = false;
         loop {
-            let event = match process.next_event(Some(until)) {
-                Event::Message(FromChild::CleanedUp) | Event::Closed => break,
+            let event = match next_event_or_exit(&mut process, until) {
+                Event::Message(FromChild::CleanedUp) => {
+                    cleaned_up = true;
+                    break;
+                }
+                Event::Closed => break,
                 Event::Message(message) => {
                     forward(message);
                     // Log lines streaming in do not hold gmond's stop.
@@ -847,11 +917,30 @@ impl IsolatedModule {
                     ),
                 );
                 process.kill();
+                killed = true;
                 break;
             }
         }
         // Exits on its own right after CleanedUp; killed if it lingers.
-        process.reap(false);
+        let ended = process.reap(killed);
+        if !cleaned_up && !killed {
+            // It ended before saying it had finished: a crash in
+            // metric_cleanup, or one between calls just before the stop.
+            if let Some(ended) = ended.filter(|e| e.code != Some(0)) {
+                let traceback = process.crash_text();
+                report(
+                    Level::Error,
+                    Some(id),
+                    None,
+                    format!(
+                        "its process (pid {}) {} during metric_cleanup{}",
+                        process.pid(),
+                        ended.how(),
+                        with_traceback(&traceback)
+                    ),
+                );
+            }
+        }
     }
 }
 
