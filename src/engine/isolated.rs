@@ -27,7 +27,7 @@ use log::Level;
 
 use crate::descriptor::{MetricDescriptor, ValueType};
 use crate::isolation::protocol::{FromChild, StartRequest, ToChild, WireOutcome};
-use crate::isolation::{self, Event, ModuleProcess, Status};
+use crate::isolation::{self, Ended, Event, ModuleProcess, Status};
 use crate::python::loader::{ModuleRef, report};
 use crate::python::stdio::MODULE_LOG_TARGET;
 use crate::value::ConversionError;
@@ -259,7 +259,7 @@ pub(crate) fn start(
             Event::Message(message) => match forward(message) {
                 Some(FromChild::Loaded { descriptors }) => break descriptors,
                 Some(FromChild::LoadFailed { message }) => {
-                    process.reap(false);
+                    process.reap();
                     return Err(message);
                 }
                 _ if Instant::now() >= until => Event::Timeout,
@@ -272,7 +272,7 @@ pub(crate) fn start(
             Event::Closed => return Err(ended_while_loading(&mut process)),
             Event::Timeout => {
                 process.kill();
-                process.reap(true);
+                process.reap();
                 return Err(format!(
                     "import or metric_init did not finish within init_timeout ({:.0}s); its process was killed and the module is skipped",
                     request.settings.init_timeout.as_secs_f64()
@@ -312,20 +312,28 @@ const EXIT_LOOK: Duration = Duration::from_millis(100);
 /// exited, whoever still holds its socket.
 fn next_event_or_exit(process: &mut ModuleProcess, until: Instant) -> Event {
     loop {
-        match process.next_event(Some((Instant::now() + EXIT_LOOK).min(until))) {
-            Event::Timeout if Instant::now() < until => {
-                if process.exited() {
-                    return Event::Closed;
-                }
-            }
-            event => return event,
+        let event = process.next_event(Some((Instant::now() + EXIT_LOOK).min(until)));
+        if !matches!(event, Event::Timeout) {
+            return event;
+        }
+        if process.exited() {
+            // All it wrote before it exited is in the socket by now (the
+            // children it forked never write): that is read first, so a
+            // last answer is not taken for a crash.
+            return match process.next_event(None) {
+                Event::Timeout => Event::Closed,
+                event => event,
+            };
+        }
+        if Instant::now() >= until {
+            return Event::Timeout;
         }
     }
 }
 
 fn ended_while_loading(process: &mut ModuleProcess) -> String {
     let how = process
-        .reap(false)
+        .reap()
         .map_or_else(|| "did not end".to_owned(), |e| e.how());
     let traceback = process.crash_text();
     format!(
@@ -445,13 +453,7 @@ impl IsolatedModule {
                     match process.next_event(until) {
                         Event::Message(FromChild::Results { seq: s, outcomes }) if s == seq => {
                             if outcomes.len() != calls.len() {
-                                return self.miscounted(
-                                    process,
-                                    id,
-                                    names,
-                                    outcomes.len(),
-                                    calls.len(),
-                                );
+                                return self.miscounted(process, id, outcomes.len(), calls.len());
                             }
                             return (
                                 Life::Up(process),
@@ -491,7 +493,7 @@ impl IsolatedModule {
                 }
                 let during = self.during(&process, names);
                 process.kill();
-                let ended = process.reap(true);
+                let ended = process.reap();
                 let traceback = process.crash_text();
                 let retry = self.back_off(&process);
                 report(
@@ -540,7 +542,7 @@ impl IsolatedModule {
                                 return self.loaded_again(process, id, &descriptors);
                             }
                             Some(FromChild::LoadFailed { message }) => {
-                                process.reap(false);
+                                process.reap();
                                 let retry = self.back_off(&process);
                                 report(
                                     Level::Error,
@@ -573,7 +575,7 @@ impl IsolatedModule {
                     );
                 }
                 process.kill();
-                process.reap(true);
+                process.reap();
                 let retry = self.back_off(&process);
                 report(
                     Level::Error,
@@ -716,7 +718,7 @@ impl IsolatedModule {
         names: &[std::sync::Arc<str>],
         during: &str,
     ) -> (Life, Happened) {
-        let ended = process.reap(false);
+        let ended = process.reap();
         let how = ended.map_or_else(|| "did not end".to_owned(), |e| e.how());
         let traceback = process.crash_text();
         let metric = process
@@ -746,23 +748,24 @@ impl IsolatedModule {
         &mut self,
         mut process: ModuleProcess,
         id: &ModuleRef,
-        names: &[std::sync::Arc<str>],
         got: usize,
         wanted: usize,
     ) -> (Life, Happened) {
+        process.kill();
+        process.reap();
+        let retry = self.back_off(&process);
         report(
             Level::Error,
             Some(id),
             None,
             format!(
-                "its process (pid {}) answered {got} result(s) to a batch of {wanted} call(s), which cannot be matched to metrics; it is stopped. If this repeats, check that {} is the one installed with this modpython.so",
+                "its process (pid {}) answered {got} result(s) to a batch of {wanted} call(s), which cannot be matched to metrics; it was killed and is started again in {:.0}s. If this repeats, check that {} is the one installed with this modpython.so",
                 process.pid(),
+                retry.as_secs_f64(),
                 crate::isolation::HELPER_NAME
             ),
         );
-        process.kill();
-        let during = self.during(&process, names);
-        self.crashed(process, id, names, &during)
+        down_for(retry, Happened::Nothing)
     }
 
     fn back_off(&mut self, process: &ModuleProcess) -> Duration {
@@ -824,7 +827,7 @@ impl IsolatedModule {
                 Event::Message(FromChild::Results { seq: s, outcomes }) if s == seq => {
                     if outcomes.len() != calls.len() {
                         let got = outcomes.len();
-                        (self.life, _) = self.miscounted(process, id, names, got, calls.len());
+                        (self.life, _) = self.miscounted(process, id, got, calls.len());
                         return BatchResult::Crashed;
                     }
                     self.life = Life::Up(process);
@@ -877,25 +880,32 @@ impl IsolatedModule {
 
     /// Waits until `until` for the process to finish its cleanup, then
     /// makes sure it is gone.
-    pub(crate) fn finish_cleanup(&mut self, id: &ModuleRef, until: Instant) {
+    pub(crate) fn finish_cleanup(
+        &mut self,
+        id: &ModuleRef,
+        names: &[std::sync::Arc<str>],
+        until: Instant,
+    ) {
         let mut process = match std::mem::replace(&mut self.life, Life::Refused) {
             Life::Up(process) | Life::Busy { process, .. } => process,
-            // Killed by `begin_cleanup`: it never ran the module's code.
+            // Killed by `begin_cleanup` in the middle of its import or
+            // metric_init: there is nothing to clean up.
             Life::Loading { mut process, .. } => {
-                process.reap(true);
+                process.reap();
                 return;
             }
             Life::Down { .. } | Life::Refused => return,
         };
-        let mut cleaned_up = false;
-        let mut killed = false;
+        let mut ended_early = None;
         loop {
             let event = match next_event_or_exit(&mut process, until) {
-                Event::Message(FromChild::CleanedUp) => {
-                    cleaned_up = true;
+                Event::Message(FromChild::CleanedUp) => break,
+                Event::Closed => {
+                    // Before it said it had finished: read while its
+                    // status page still says what it was doing.
+                    ended_early = Some(self.during(&process, names));
                     break;
                 }
-                Event::Closed => break,
                 Event::Message(message) => {
                     forward(message);
                     // Log lines streaming in do not hold gmond's stop.
@@ -917,29 +927,31 @@ impl IsolatedModule {
                     ),
                 );
                 process.kill();
-                killed = true;
                 break;
             }
         }
         // Exits on its own right after CleanedUp; killed if it lingers.
-        let ended = process.reap(killed);
-        if !cleaned_up && !killed {
-            // It ended before saying it had finished: a crash in
-            // metric_cleanup, or one between calls just before the stop.
-            if let Some(ended) = ended.filter(|e| e.code != Some(0)) {
-                let traceback = process.crash_text();
-                report(
-                    Level::Error,
-                    Some(id),
-                    None,
-                    format!(
-                        "its process (pid {}) {} during metric_cleanup{}",
-                        process.pid(),
-                        ended.how(),
-                        with_traceback(&traceback)
-                    ),
-                );
-            }
+        let ended = process.reap();
+        let Some(during) = ended_early else {
+            return;
+        };
+        // A death of gmond's making (the stop request could not be sent,
+        // or a malformed message) or a clean exit is not the module's crash.
+        let crashed =
+            |e: &Ended| !e.killed && (e.signal.is_some() || e.code.is_some_and(|c| c != 0));
+        if let Some(ended) = ended.filter(crashed) {
+            let traceback = process.crash_text();
+            report(
+                Level::Error,
+                Some(id),
+                None,
+                format!(
+                    "its process (pid {}) {} during {during}{}",
+                    process.pid(),
+                    ended.how(),
+                    with_traceback(&traceback)
+                ),
+            );
         }
     }
 }

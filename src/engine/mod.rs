@@ -154,8 +154,9 @@ struct ModuleState {
     /// Time spent in calls, in ns of the monotonic clock: the clock the
     /// deadlines are kept by, so a call given up on at its deadline counts
     /// at least the whole deadline (the counter's learnt rate can be off
-    /// by a part in a thousand while NTP slews the clock). Read once per
-    /// batch, not per call, so the precise clock costs nothing that shows.
+    /// by a part in a thousand while NTP slews the clock). Read at a batch's
+    /// start and end, not per call, so the precise clock costs nothing that
+    /// shows.
     call_ns: u64,
     /// Its process, when the module is isolated.
     isolated: Option<Box<IsolatedModule>>,
@@ -1202,7 +1203,7 @@ impl Engine {
         cleanup::run_within(modules, deadline);
         for state in &mut self.module_states {
             if let Some(process) = &mut state.isolated {
-                process.finish_cleanup(&state.id, until);
+                process.finish_cleanup(&state.id, &self.names, until);
             }
         }
     }

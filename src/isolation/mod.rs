@@ -359,6 +359,9 @@ pub struct ModuleProcess {
     pub uid: u32,
     pub started: Instant,
     ended: Option<Ended>,
+    /// gmond sent it SIGKILL ([`ModuleProcess::kill`]): a death by that
+    /// signal is gmond's doing, not the module's.
+    killed: bool,
 }
 
 /// A descriptor moved to 10 or above (close-on-exec), so that placing the
@@ -447,6 +450,7 @@ impl ModuleProcess {
             uid,
             started: Instant::now(),
             ended: None,
+            killed: false,
         };
         process.send(start)?;
         Ok(process)
@@ -557,6 +561,7 @@ impl ModuleProcess {
     /// Kills the process (and whatever it started in its process group).
     pub fn kill(&mut self) {
         if self.ended.is_none() {
+            self.killed = true;
             // Once gmond has dropped its privileges, it may not signal a
             // process that runs as modpython.user: the module process
             // watches the socket and kills itself and its group when gmond
@@ -584,11 +589,11 @@ impl ModuleProcess {
     /// closed it and lives on is killed; one the kernel does not let die at
     /// once (stuck in a system call) is left in [`UNREAPED`] and `None`
     /// returned.
-    pub fn reap(&mut self, killed: bool) -> Option<Ended> {
+    pub fn reap(&mut self) -> Option<Ended> {
         if let Some(e) = &self.ended {
             return Some(e.clone());
         }
-        let mut signalled = killed;
+        let mut signalled = self.killed;
         let mut exited = self.has_exited();
         for step in 0..60 {
             if exited != Some(false) {
@@ -673,7 +678,7 @@ impl Drop for ModuleProcess {
     fn drop(&mut self) {
         if self.ended.is_none() {
             self.kill();
-            self.reap(true);
+            self.reap();
         }
     }
 }
