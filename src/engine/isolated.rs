@@ -718,6 +718,8 @@ impl IsolatedModule {
         names: &[std::sync::Arc<str>],
         during: &str,
     ) -> (Life, Happened) {
+        // What it wrote before it died (its last log lines) goes first.
+        drain(&mut process);
         let ended = process.reap();
         let how = ended.map_or_else(|| "did not end".to_owned(), |e| e.how());
         let traceback = process.crash_text();
