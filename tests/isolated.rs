@@ -549,6 +549,108 @@ fn a_crash_in_metric_cleanup_is_reported_with_its_traceback() {
     g.wait_line(&["iso_cleanup.py", "in metric_cleanup"], secs(1));
 }
 
+/// A module whose metric_init takes a while, and notes when it ran.
+const SLOW_INIT: &str = r#"
+def metric_init(params):
+    began = time.monotonic()
+    time.sleep(1.5)
+    with open(os.path.join(os.environ["TMPDIR"], NAME + ".init"), "w") as f:
+        f.write("%f %f" % (began, time.monotonic()))
+    return [desc(NAME + "_v", lambda name: 1)]
+"#;
+
+#[test]
+fn isolated_modules_load_side_by_side() {
+    let names = ["iso_side_a", "iso_side_b"];
+    let mut builder = GmondBuilder::new().host_param("call_timeout", CALL_TIMEOUT);
+    for name in names {
+        builder = builder.module_file(
+            &format!("{name}.py"),
+            &pymod::module("iso", &SLOW_INIT.replace("NAME", &format!("{name:?}"))),
+        );
+    }
+    let isolated = pymod::setting("call_mode", "isolated");
+    let g = builder
+        .pyconf_text(
+            "iso",
+            &pymod::pyconf(
+                &[(names[0], &isolated), (names[1], &isolated)],
+                &["^iso_side_"],
+            ),
+        )
+        .start();
+    for name in names {
+        g.wait_metric(&format!("{name}_v"), FIRST_VALUES);
+    }
+    // Both metric_inits ran at once: each began before the other ended
+    // (one after the other, the second would begin 1.5 s after the first).
+    let spans: Vec<(f64, f64)> = names
+        .iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(g.dir().join(format!("{name}.init")))
+                .unwrap_or_else(|e| g.fail(&format!("{name} did not note its metric_init: {e}")));
+            let (a, b) = text.split_once(' ').unwrap_or_default();
+            (a.parse().unwrap_or(f64::NAN), b.parse().unwrap_or(f64::NAN))
+        })
+        .collect();
+    gmond_assert!(
+        g,
+        spans[0].0 < spans[1].1 && spans[1].0 < spans[0].1,
+        "the isolated modules loaded one after the other: {spans:?}"
+    );
+}
+
+/// In-process modules that take most of `init_timeout` to load each.
+const HALF_TIMEOUT_INIT: &str = r#"
+def metric_init(params):
+    time.sleep(0.7)
+    return [desc(NAME + "_v", lambda name: 1)]
+"#;
+
+/// An isolated module with many metrics: its answer is larger than a
+/// socket's buffer, so it is still being written when gmond comes to it.
+const MANY_METRICS: &str = r#"
+def metric_init(params):
+    return [desc("iso_late_%d" % i, lambda name: 1) for i in range(5000)]
+"#;
+
+#[test]
+fn an_isolated_answer_ready_before_gmond_waits_for_it_is_taken_whole() {
+    // Two in-process modules before it (modules load in name order) keep
+    // gmond busy past the isolated module's init_timeout.
+    let g = GmondBuilder::new()
+        .host_param("init_timeout", "1")
+        .module_file(
+            "iso_late_0a.py",
+            &pymod::module("iso", &HALF_TIMEOUT_INIT.replace("NAME", "'iso_late_0a'")),
+        )
+        .module_file(
+            "iso_late_0b.py",
+            &pymod::module("iso", &HALF_TIMEOUT_INIT.replace("NAME", "'iso_late_0b'")),
+        )
+        .module_file("iso_late_1.py", &pymod::module("iso", MANY_METRICS))
+        .pyconf_text(
+            "iso",
+            &pymod::pyconf(
+                &[
+                    ("iso_late_0a", ""),
+                    ("iso_late_0b", ""),
+                    ("iso_late_1", &pymod::setting("call_mode", "isolated")),
+                ],
+                // Not all 5,000: gmond's own UDP channel would drop some.
+                &["^iso_late_0[ab]_v$", "^iso_late_4999$"],
+            ),
+        )
+        .start();
+    g.wait_metric("iso_late_0b_v", FIRST_VALUES);
+    g.wait_metric("iso_late_4999", FIRST_VALUES);
+    gmond_assert!(
+        g,
+        !g.log().contains("did not finish within init_timeout"),
+        "a module was given up on at init_timeout"
+    );
+}
+
 #[test]
 fn other_descriptors_on_a_restart_get_the_module_refused() {
     let mut case = Case::new("iso_change", "ctypes.string_at(0)");

@@ -223,13 +223,29 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Starts an isolated module's process at gmond's start-up and waits (up
-/// to `init_timeout`) for its metrics; the loader registers them as it
+/// An isolated module's process started at gmond's start-up, whose metrics
+/// are not yet taken: every isolated module's process is started before
+/// any is waited for, so that they load side by side (and beside gmond's
+/// own imports of its in-process modules).
+pub(crate) struct Spawned {
+    process: ModuleProcess,
+    helper: PathBuf,
+    request: StartRequest,
+    since: Instant,
+}
+
+/// How long gmond reads an answer that was ready before gmond came to
+/// wait for it (it was importing other modules meanwhile), whatever is
+/// left of `init_timeout`.
+const LATE_READ: Duration = Duration::from_secs(1);
+
+/// Starts an isolated module's process at gmond's start-up; the loader
+/// takes its metrics with [`Spawned::wait`] and registers them as it
 /// would an in-process module's.
-pub(crate) fn start(
+pub(crate) fn spawn_at_start(
     template: StartRequest,
     user: Option<&str>,
-) -> Result<(Starting, Vec<MetricDescriptor>), String> {
+) -> Result<Spawned, String> {
     let helper = isolation::helper_path()?;
     let mut request = template;
     request.user = match user {
@@ -250,45 +266,65 @@ pub(crate) fn start(
     if request.user.is_some_and(|(uid, _)| uid != 0) {
         request.then_user = None;
     }
-    let mut process = spawn(&helper, &request)?;
-    let until = Instant::now() + request.settings.init_timeout;
-    let descriptors = loop {
-        let event = match next_event_or_exit(&mut process, until) {
-            // A stream of log lines does not hold gmond's start past the
-            // deadline.
-            Event::Message(message) => match forward(message) {
-                Some(FromChild::Loaded { descriptors }) => break descriptors,
-                Some(FromChild::LoadFailed { message }) => {
-                    process.reap();
-                    return Err(message);
-                }
-                _ if Instant::now() >= until => Event::Timeout,
-                _ => continue,
-            },
-            other => other,
-        };
-        match event {
-            Event::Message(_) => {}
-            Event::Closed => return Err(ended_while_loading(&mut process)),
-            Event::Timeout => {
-                process.kill();
-                process.reap();
-                return Err(format!(
-                    "import or metric_init did not finish within init_timeout ({:.0}s); its process was killed and the module is skipped",
-                    request.settings.init_timeout.as_secs_f64()
-                ));
-            }
-        }
-    };
-    Ok((
-        Starting {
-            process,
+    let process = spawn(&helper, &request)?;
+    Ok(Spawned {
+        process,
+        helper,
+        request,
+        since: Instant::now(),
+    })
+}
+
+impl Spawned {
+    /// Waits until `init_timeout` after the start for the module's
+    /// metrics (an answer that came while gmond was busy elsewhere is read
+    /// in full, up to [`LATE_READ`] more).
+    pub(crate) fn wait(self) -> Result<(Starting, Vec<MetricDescriptor>), String> {
+        let Spawned {
+            mut process,
             helper,
             request,
-            offered: descriptors.iter().map(|d| d.name.clone()).collect(),
-        },
-        descriptors,
-    ))
+            since,
+        } = self;
+        let until = (since + request.settings.init_timeout).max(Instant::now() + LATE_READ);
+        let descriptors = loop {
+            let event = match next_event_or_exit(&mut process, until) {
+                // A stream of log lines does not hold gmond's start past the
+                // deadline.
+                Event::Message(message) => match forward(message) {
+                    Some(FromChild::Loaded { descriptors }) => break descriptors,
+                    Some(FromChild::LoadFailed { message }) => {
+                        process.reap();
+                        return Err(message);
+                    }
+                    _ if Instant::now() >= until => Event::Timeout,
+                    _ => continue,
+                },
+                other => other,
+            };
+            match event {
+                Event::Message(_) => {}
+                Event::Closed => return Err(ended_while_loading(&mut process)),
+                Event::Timeout => {
+                    process.kill();
+                    process.reap();
+                    return Err(format!(
+                        "import or metric_init did not finish within init_timeout ({:.0}s); its process was killed and the module is skipped",
+                        request.settings.init_timeout.as_secs_f64()
+                    ));
+                }
+            }
+        };
+        Ok((
+            Starting {
+                process,
+                helper,
+                request,
+                offered: descriptors.iter().map(|d| d.name.clone()).collect(),
+            },
+            descriptors,
+        ))
+    }
 }
 
 fn spawn(helper: &std::path::Path, request: &StartRequest) -> Result<ModuleProcess, String> {

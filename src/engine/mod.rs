@@ -254,7 +254,7 @@ impl Engine {
         let isolate = |id: &loader::ModuleRef,
                        block: &ModuleBlock,
                        overrides: &settings::ModuleOverrides|
-         -> Result<Vec<MetricDescriptor>, String> {
+         -> Result<loader::PendingLoad<'_>, String> {
             let template = isolation::protocol::StartRequest {
                 parent_pid: std::process::id(),
                 dir: dir.clone(),
@@ -267,13 +267,17 @@ impl Engine {
                 then_user,
                 memory_limit: overrides.memory_limit,
             };
-            // The module process is waited for without the GIL held: its
-            // log lines reach gmond's log meanwhile.
-            let (process, descriptors) = Python::attach(|py| {
-                py.detach(|| isolated::start(template, overrides.user.as_deref()))
-            })?;
-            starting.borrow_mut().push((id.name.clone(), process));
-            Ok(descriptors)
+            let spawned = isolated::spawn_at_start(template, overrides.user.as_deref())?;
+            let starting = &starting;
+            let name = id.name.clone();
+            let wait: loader::PendingLoad<'_> = Box::new(move || {
+                // Waited for without the GIL held: its log lines reach
+                // gmond's log meanwhile.
+                let (process, descriptors) = Python::attach(|py| py.detach(|| spawned.wait()))?;
+                starting.borrow_mut().push((name, process));
+                Ok(descriptors)
+            });
+            Ok(wait)
         };
         let options = loader::LoadOptions {
             settings: &settings,

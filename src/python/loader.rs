@@ -154,8 +154,10 @@ pub struct LoadOptions<'a> {
     pub settings: &'a HostSettings,
     /// Owners allowed for module code (see `permissions`).
     pub trusted_uids: Vec<u32>,
-    /// Loads an isolated module in a process of its own and returns its
+    /// Starts an isolated module's process and returns what waits for its
     /// checked descriptors (the engine's; `None` in a module process).
+    /// Every isolated module is started before any module is loaded, so
+    /// that they load side by side.
     pub isolate: Option<&'a Isolate<'a>>,
     /// Load only this module, and say nothing about the others (a module
     /// process: gmond has said it all already).
@@ -163,8 +165,21 @@ pub struct LoadOptions<'a> {
 }
 
 /// See [`LoadOptions::isolate`].
-pub type Isolate<'a> = dyn Fn(&ModuleRef, &ModuleBlock, &ModuleOverrides) -> Result<Vec<MetricDescriptor>, String>
-    + 'a;
+pub type Isolate<'a> =
+    dyn Fn(&ModuleRef, &ModuleBlock, &ModuleOverrides) -> Result<PendingLoad<'a>, String> + 'a;
+
+/// Waits for an isolated module's descriptors (see [`LoadOptions::isolate`]).
+pub type PendingLoad<'a> = Box<dyn FnOnce() -> Result<Vec<MetricDescriptor>, String> + 'a>;
+
+/// A configured module, checked and about to be loaded.
+struct Planned<'b, 'a> {
+    id: ModuleRef,
+    block: &'b ModuleBlock,
+    overrides: ModuleOverrides,
+    mode: CallMode,
+    /// An isolated module's process, started.
+    pending: Option<Result<PendingLoad<'a>, String>>,
+}
 
 /// Imports every configured module of `dir` and collects its metrics.
 pub fn load_all(
@@ -291,6 +306,9 @@ pub fn load_all(
 
     let mut loaded = Loaded::default();
     let mut owners: HashMap<String, ModuleRef> = HashMap::new();
+    // First every module is checked, and every isolated one's process
+    // started; then each is loaded, or its process's answer taken, in order.
+    let mut planned: Vec<Planned<'_, '_>> = Vec::new();
     for file in &files {
         if options.only.is_some_and(|only| only != file.stem) {
             continue;
@@ -331,9 +349,30 @@ pub fn load_all(
             report(log::Level::Warn, Some(&id), None, problem);
         }
         let mode = settings::effective(options.settings, &overrides).0;
-        let isolate = options.isolate.filter(|_| mode == CallMode::Isolated);
-        let result = if let Some(isolate) = isolate {
-            isolate(&id, block, &overrides).map(|descriptors| (None, placeholders(py, descriptors)))
+        let pending = options
+            .isolate
+            .filter(|_| mode == CallMode::Isolated)
+            .map(|isolate| isolate(&id, block, &overrides));
+        planned.push(Planned {
+            id,
+            block,
+            overrides,
+            mode,
+            pending,
+        });
+    }
+    for Planned {
+        id,
+        block,
+        overrides,
+        mode,
+        pending,
+    } in planned
+    {
+        let result = if let Some(pending) = pending {
+            pending
+                .and_then(|wait| wait())
+                .map(|descriptors| (None, placeholders(py, descriptors)))
         } else if mode == CallMode::Inline {
             // Inline modules run on gmond's thread throughout, where Python
             // allows signal.signal(); the watchdog interrupts a late init.
