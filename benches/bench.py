@@ -1180,6 +1180,62 @@ def pinning(args, paths):
     print('\n'.join(out) + '\n')
 
 
+def startup_conf(paths, mode, k, n, dirs, udp):
+    """gmond with K Python modules of N metrics each (pybench_0 ...), all in
+    `mode`; no collection group: only gmond's start is measured."""
+    c = GLOBALS % '' + (
+        'udp_send_channel { host = 127.0.0.1 port = %d }\n'
+        'udp_recv_channel { bind = 127.0.0.1 port = %d }\n' % (udp, udp))
+    c += 'modules {\n'
+    c += ('  module {\n    name = "python_module"\n    path = "%s"\n    params = "%s"\n'
+          '    param self_metrics { value = "no" }\n  }\n' % (paths['so'], dirs['modules']))
+    for i in range(k):
+        c += ('  module {\n    name = "pybench_%d"\n    language = "python"\n'
+              '    param count { value = "%d" }\n    param prefix { value = "m%d_" }\n'
+              '    param "modpython.call_mode" { value = "%s" }\n  }\n' % (i, n, i, mode))
+    c += '}\n'
+    return c
+
+
+def startup(args, paths):
+    """How long gmond takes from its exec to its XML port answering (which
+    it opens after every module's init) with K modules of N metrics each,
+    in protected and in isolated mode: isolated modules' processes load
+    side by side."""
+    k, n = args.startup, args.startup_metrics
+    out = ['## Start-up, %d modules of %d metrics (%s)\n' % (k, n, time.strftime('%Y-%m-%d %H:%M')),
+           '| mode | gmond ready after (s), median | range | runs |', '|---|---|---|---|']
+    found = {'protected': [], 'isolated': []}
+    for run in range(args.runs):
+        for mode in found:
+            work = tempfile.mkdtemp(prefix='modpython-start-')
+            dirs = {'modules': os.path.join(work, 'modules')}
+            os.mkdir(dirs['modules'], 0o755)
+            for i in range(k):
+                dst = os.path.join(dirs['modules'], 'pybench_%d.py' % i)
+                shutil.copy(os.path.join(HERE, 'pybench.py'), dst)
+                os.chmod(dst, 0o644)
+                py_compile.compile(dst, doraise=True)
+            udp, tcp = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
+            conf = startup_conf(paths, mode, k, n, dirs, udp)
+            conf += 'tcp_accept_channel { bind = 127.0.0.1 port = %d }\n' % tcp
+            a = Proc(conf, work, 'node')
+            try:
+                if wait_tcp(tcp, a, timeout=60.0):
+                    found[mode].append(time.monotonic() - a.started)
+                    log('startup %s run %d: %.3f s' % (mode, run + 1, found[mode][-1]))
+                else:
+                    log('startup %s run %d: gmond did not answer\n%s' % (mode, run + 1, a.log()))
+            finally:
+                a.stop()
+                shutil.rmtree(work, ignore_errors=True)
+    for mode, vals in found.items():
+        if vals:
+            out.append('| %s | %.3f | %.3f–%.3f | %d |' % (mode, statistics.median(vals), min(vals),
+                                                       max(vals), len(vals)))
+    print('\n'.join(out) + '\n')
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument('--so', required=True)
@@ -1208,6 +1264,10 @@ def main():
     ap.add_argument('--soak', type=float, nargs='?', const=10.0)
     ap.add_argument('--pinning', type=int, nargs='?', const=1500,
                     help='protected mode with the threads pinned apart / together')
+    ap.add_argument('--startup', type=int, nargs='?', const=4,
+                    help='gmond start-up with K modules (default 4) of --startup-metrics '
+                    'each, protected against isolated')
+    ap.add_argument('--startup-metrics', type=int, default=1500)
     ap.add_argument('--soak-mode', default='protected', choices=('protected', 'inline'))
     ap.add_argument('--soak-every', type=float, default=15.0)
     ap.add_argument('--soak-warmup', type=float, default=30.0)
@@ -1225,7 +1285,9 @@ def main():
     paths = {'so': os.path.abspath(args.so), 'cbench': os.path.abspath(args.cbench),
              'driver': os.path.abspath(args.driver), 'pyfloor': os.path.abspath(args.pyfloor),
              'pingpong': os.path.abspath(args.pingpong)}
-    if args.soak is not None:
+    if args.startup is not None:
+        startup(args, paths)
+    elif args.soak is not None:
         soak(args, paths)
     elif args.pinning is not None:
         pinning(args, paths)

@@ -31,16 +31,61 @@ use crate::python::{self, loader, stdio};
 use crate::settings::CallMode;
 
 /// The socket's writing end, shared by the calls and the log (a module's
-/// own threads log too); each frame is written whole under the lock.
-static OUT: Mutex<Option<UnixStream>> = Mutex::new(None);
+/// own threads log too), with the log frames it had no room for yet; each
+/// frame is written whole, in order, under the lock.
+static OUT: Mutex<Option<Out>> = Mutex::new(None);
+
+struct Out {
+    stream: UnixStream,
+    /// Log frames (or the rest of one) waiting for room in the socket:
+    /// gmond reads it only while it waits for this process (a round, or
+    /// while it takes the answer of `metric_init`, which at start-up may
+    /// be after it has loaded other modules). Sent before anything else.
+    held: Vec<u8>,
+}
+
+/// Log bytes held back at most; lines past it are dropped and counted.
+const HELD_MAX: usize = 1024 * 1024;
+
+impl Out {
+    /// Sends what it can of `bytes` without waiting; returns how much.
+    fn send_now(&self, bytes: &[u8]) -> Result<usize, ()> {
+        // SAFETY: send on our socket, from a buffer that outlives the call.
+        let sent = unsafe {
+            libc::send(
+                self.stream.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if sent >= 0 {
+            return Ok(sent as usize);
+        }
+        match std::io::Error::last_os_error().kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(0),
+            _ => Err(()),
+        }
+    }
+
+    /// Sends what it can of the held log frames without waiting.
+    fn flush_some(&mut self) -> Result<(), ()> {
+        if !self.held.is_empty() {
+            let sent = self.send_now(&self.held)?;
+            self.held.drain(..sent);
+        }
+        Ok(())
+    }
+}
 
 fn send(frame: &[u8]) {
     if !in_module_process() {
         return;
     }
     let mut out = OUT.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(stream) = out.as_mut() {
-        if stream.write_all(frame).is_err() {
+    if let Some(out) = out.as_mut() {
+        let held = std::mem::take(&mut out.held);
+        if out.stream.write_all(&held).is_err() || out.stream.write_all(frame).is_err() {
             // gmond is gone: nothing is left to answer.
             end_process_group();
         }
@@ -56,9 +101,10 @@ fn send_message(message: &FromChild) {
 /// Log lines dropped because gmond had not read the socket for a while.
 static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
 
-/// Sends a log line if the socket has room now. A module's own thread
-/// printing while gmond does not read (between rounds, or while a call is
-/// late) must not block: it may hold the GIL the calls need.
+/// Sends a log line, or holds it back if the socket has no room now. A
+/// module's own thread printing while gmond does not read (between rounds,
+/// or while a call is late) must not block: it may hold the GIL the calls
+/// need.
 fn send_log(message: &FromChild) {
     if !in_module_process() {
         return;
@@ -77,29 +123,28 @@ fn send_log(message: &FromChild) {
     e.from_child(message);
     let bytes = e.bytes();
     let mut out = OUT.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(stream) = out.as_mut() else {
+    let Some(out) = out.as_mut() else {
         return;
     };
-    // SAFETY: send on our socket, from a buffer that outlives the call.
-    let sent = unsafe {
-        libc::send(
-            stream.as_raw_fd(),
-            bytes.as_ptr().cast(),
-            bytes.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if sent < 0 {
-        let error = std::io::Error::last_os_error();
-        if error.kind() == std::io::ErrorKind::WouldBlock {
-            DROPPED_LINES.fetch_add(dropped + 1, Ordering::Relaxed);
-            return;
-        }
+    if out.flush_some().is_err() {
         end_process_group();
     }
-    // A frame begun must be finished, or the stream is out of step.
-    if (sent as usize) < bytes.len() && stream.write_all(&bytes[sent as usize..]).is_err() {
-        end_process_group();
+    let sent = if out.held.is_empty() {
+        match out.send_now(bytes) {
+            Ok(n) => n,
+            Err(()) => end_process_group(),
+        }
+    } else {
+        0
+    };
+    if sent == bytes.len() {
+        return;
+    }
+    // A frame begun must be finished before any other: its rest is held.
+    if sent > 0 || out.held.len() + bytes.len() <= HELD_MAX {
+        out.held.extend_from_slice(&bytes[sent..]);
+    } else {
+        DROPPED_LINES.fetch_add(dropped + 1, Ordering::Relaxed);
     }
 }
 
@@ -291,7 +336,10 @@ pub fn main() -> i32 {
     let Ok(writer) = stream.try_clone() else {
         return EXIT_LOST_PARENT;
     };
-    *OUT.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer);
+    *OUT.lock().unwrap_or_else(|p| p.into_inner()) = Some(Out {
+        stream: writer,
+        held: Vec::new(),
+    });
     let mut reader = stream;
     let mut frames = FrameBuffer::default();
     let request = match next_request(&mut reader, &mut frames) {

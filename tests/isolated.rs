@@ -549,13 +549,18 @@ fn a_crash_in_metric_cleanup_is_reported_with_its_traceback() {
     g.wait_line(&["iso_cleanup.py", "in metric_cleanup"], secs(1));
 }
 
-/// A module whose metric_init takes a while, and notes when it ran.
-const SLOW_INIT: &str = r#"
+/// A module whose metric_init notes that it began, then waits up to 10 s
+/// for the other one's to begin too, and notes whether it did.
+const MEETS_OTHER: &str = r#"
 def metric_init(params):
-    began = time.monotonic()
-    time.sleep(1.5)
-    with open(os.path.join(os.environ["TMPDIR"], NAME + ".init"), "w") as f:
-        f.write("%f %f" % (began, time.monotonic()))
+    tmp = os.environ["TMPDIR"]
+    open(os.path.join(tmp, NAME + ".began"), "w").close()
+    end = time.monotonic() + 10
+    while not os.path.exists(os.path.join(tmp, OTHER + ".began")) and time.monotonic() < end:
+        time.sleep(0.02)
+    met = os.path.exists(os.path.join(tmp, OTHER + ".began"))
+    with open(os.path.join(tmp, NAME + ".init"), "w") as f:
+        f.write("together" if met else "alone")
     return [desc(NAME + "_v", lambda name: 1)]
 "#;
 
@@ -563,11 +568,11 @@ def metric_init(params):
 fn isolated_modules_load_side_by_side() {
     let names = ["iso_side_a", "iso_side_b"];
     let mut builder = GmondBuilder::new().host_param("call_timeout", CALL_TIMEOUT);
-    for name in names {
-        builder = builder.module_file(
-            &format!("{name}.py"),
-            &pymod::module("iso", &SLOW_INIT.replace("NAME", &format!("{name:?}"))),
-        );
+    for (name, other) in [(names[0], names[1]), (names[1], names[0])] {
+        let body = MEETS_OTHER
+            .replace("NAME", &format!("{name:?}"))
+            .replace("OTHER", &format!("{other:?}"));
+        builder = builder.module_file(&format!("{name}.py"), &pymod::module("iso", &body));
     }
     let isolated = pymod::setting("call_mode", "isolated");
     let g = builder
@@ -582,73 +587,114 @@ fn isolated_modules_load_side_by_side() {
     for name in names {
         g.wait_metric(&format!("{name}_v"), FIRST_VALUES);
     }
-    // Both metric_inits ran at once: each began before the other ended
-    // (one after the other, the second would begin 1.5 s after the first).
-    let spans: Vec<(f64, f64)> = names
-        .iter()
-        .map(|name| {
-            let text = std::fs::read_to_string(g.dir().join(format!("{name}.init")))
-                .unwrap_or_else(|e| g.fail(&format!("{name} did not note its metric_init: {e}")));
-            let (a, b) = text.split_once(' ').unwrap_or_default();
-            (a.parse().unwrap_or(f64::NAN), b.parse().unwrap_or(f64::NAN))
-        })
-        .collect();
-    gmond_assert!(
-        g,
-        spans[0].0 < spans[1].1 && spans[1].0 < spans[0].1,
-        "the isolated modules loaded one after the other: {spans:?}"
-    );
+    // One after the other, the first metric_init would wait its 10 s for
+    // the second in vain.
+    for name in names {
+        let text = std::fs::read_to_string(g.dir().join(format!("{name}.init")))
+            .unwrap_or_else(|e| g.fail(&format!("{name} did not note its metric_init: {e}")));
+        gmond_assert_eq!(
+            g,
+            text,
+            "together",
+            "{name}'s metric_init ran while the other's did not"
+        );
+    }
 }
 
-/// In-process modules that take most of `init_timeout` to load each.
-const HALF_TIMEOUT_INIT: &str = r#"
+/// An in-process module that takes a third of `init_timeout` to load.
+const THIRD_OF_TIMEOUT: &str = r#"
 def metric_init(params):
-    time.sleep(0.7)
+    time.sleep(0.35)
     return [desc(NAME + "_v", lambda name: 1)]
 "#;
 
-/// An isolated module with many metrics: its answer is larger than a
-/// socket's buffer, so it is still being written when gmond comes to it.
-const MANY_METRICS: &str = r#"
+/// An isolated module that takes longer than `init_timeout` from its
+/// process's start, but less from when gmond turns to it.
+const SLOWER_THAN_TIMEOUT: &str = r#"
 def metric_init(params):
-    return [desc("iso_late_%d" % i, lambda name: 1) for i in range(5000)]
+    time.sleep(1.8)
+    return [desc("iso_late_z_v", lambda name: 1)]
 "#;
 
 #[test]
-fn an_isolated_answer_ready_before_gmond_waits_for_it_is_taken_whole() {
-    // Two in-process modules before it (modules load in name order) keep
-    // gmond busy past the isolated module's init_timeout.
-    let g = GmondBuilder::new()
-        .host_param("init_timeout", "1")
-        .module_file(
-            "iso_late_0a.py",
-            &pymod::module("iso", &HALF_TIMEOUT_INIT.replace("NAME", "'iso_late_0a'")),
-        )
-        .module_file(
-            "iso_late_0b.py",
-            &pymod::module("iso", &HALF_TIMEOUT_INIT.replace("NAME", "'iso_late_0b'")),
-        )
-        .module_file("iso_late_1.py", &pymod::module("iso", MANY_METRICS))
-        .pyconf_text(
-            "iso",
-            &pymod::pyconf(
-                &[
-                    ("iso_late_0a", ""),
-                    ("iso_late_0b", ""),
-                    ("iso_late_1", &pymod::setting("call_mode", "isolated")),
-                ],
-                // Not all 5,000: gmond's own UDP channel would drop some.
-                &["^iso_late_0[ab]_v$", "^iso_late_4999$"],
+fn an_isolated_module_gets_its_whole_init_timeout_once_gmond_turns_to_it() {
+    // Six in-process modules before it (modules load in name order) keep
+    // gmond busy ~2.1 s; the isolated module, started before them, answers
+    // ~1.8 s after its start: late by its own start, in time by the time
+    // gmond waits for it, as when modules loaded one after the other.
+    let mut builder = GmondBuilder::new().host_param("init_timeout", "1");
+    let mut blocks = Vec::new();
+    let names: Vec<String> = (0..6).map(|i| format!("iso_late_{i}")).collect();
+    for name in &names {
+        builder = builder.module_file(
+            &format!("{name}.py"),
+            &pymod::module(
+                "iso",
+                &THIRD_OF_TIMEOUT.replace("NAME", &format!("{name:?}")),
             ),
-        )
+        );
+        blocks.push((name.as_str(), ""));
+    }
+    let isolated = pymod::setting("call_mode", "isolated");
+    blocks.push(("iso_late_z", &isolated));
+    let g = builder
+        .module_file("iso_late_z.py", &pymod::module("iso", SLOWER_THAN_TIMEOUT))
+        .pyconf_text("iso", &pymod::pyconf(&blocks, &["^iso_late_"]))
         .start();
-    g.wait_metric("iso_late_0b_v", FIRST_VALUES);
-    g.wait_metric("iso_late_4999", FIRST_VALUES);
+    g.wait_metric("iso_late_z_v", FIRST_VALUES);
+    for name in &names {
+        g.wait_metric(&format!("{name}_v"), FIRST_VALUES);
+    }
     gmond_assert!(
         g,
         !g.log().contains("did not finish within init_timeout"),
         "a module was given up on at init_timeout"
     );
+}
+
+/// An isolated module that prints more while it loads than a socket holds
+/// (in long lines: a module's output is limited to 100 lines a minute, of
+/// at most 4,000 bytes).
+const CHATTY_INIT: &str = r#"
+def metric_init(params):
+    for i in range(95):
+        print("chatty line %04d %s" % (i, "x" * 3900))
+    return [desc("iso_chat_z_v", lambda name: 1)]
+"#;
+
+#[test]
+fn what_an_isolated_module_prints_while_gmond_loads_others_is_kept() {
+    // Two slow in-process modules before it keep gmond from reading the
+    // isolated module's output (~370 KB) while it is printed.
+    let mut builder = GmondBuilder::new();
+    let mut blocks = Vec::new();
+    for name in ["iso_chat_0", "iso_chat_1"] {
+        builder = builder.module_file(
+            &format!("{name}.py"),
+            &pymod::module(
+                "iso",
+                &THIRD_OF_TIMEOUT
+                    .replace("0.35", "0.5")
+                    .replace("NAME", &format!("{name:?}")),
+            ),
+        );
+        blocks.push((name, ""));
+    }
+    let isolated = pymod::setting("call_mode", "isolated");
+    blocks.push(("iso_chat_z", &isolated));
+    let g = builder
+        .module_file("iso_chat_z.py", &pymod::module("iso", CHATTY_INIT))
+        .pyconf_text("iso", &pymod::pyconf(&blocks, &["^iso_chat_"]))
+        .start();
+    g.wait_metric("iso_chat_z_v", FIRST_VALUES);
+    let log = g.log();
+    let lines = log.lines().filter(|l| l.contains("chatty line ")).count();
+    gmond_assert!(
+        g,
+        lines == 95 && log.contains("chatty line 0094"),
+        "{lines} of the 95 lines printed reached gmond's log"
+    );
+    gmond_assert!(g, !log.contains("were dropped"), "lines were dropped");
 }
 
 #[test]

@@ -231,13 +231,7 @@ pub(crate) struct Spawned {
     process: ModuleProcess,
     helper: PathBuf,
     request: StartRequest,
-    since: Instant,
 }
-
-/// How long gmond reads an answer that was ready before gmond came to
-/// wait for it (it was importing other modules meanwhile), whatever is
-/// left of `init_timeout`.
-const LATE_READ: Duration = Duration::from_secs(1);
 
 /// Starts an isolated module's process at gmond's start-up; the loader
 /// takes its metrics with [`Spawned::wait`] and registers them as it
@@ -271,22 +265,22 @@ pub(crate) fn spawn_at_start(
         process,
         helper,
         request,
-        since: Instant::now(),
     })
 }
 
 impl Spawned {
-    /// Waits until `init_timeout` after the start for the module's
-    /// metrics (an answer that came while gmond was busy elsewhere is read
-    /// in full, up to [`LATE_READ`] more).
+    /// Waits for the module's metrics, up to `init_timeout` from now: a
+    /// module gets its whole deadline of gmond's attention, as when modules
+    /// loaded one after the other, however long gmond was busy with others
+    /// and however many loaded beside it (sharing the CPUs), so loading
+    /// side by side never makes a module late that would not have been.
     pub(crate) fn wait(self) -> Result<(Starting, Vec<MetricDescriptor>), String> {
         let Spawned {
             mut process,
             helper,
             request,
-            since,
         } = self;
-        let until = (since + request.settings.init_timeout).max(Instant::now() + LATE_READ);
+        let until = Instant::now() + request.settings.init_timeout;
         let descriptors = loop {
             let event = match next_event_or_exit(&mut process, until) {
                 // A stream of log lines does not hold gmond's start past the

@@ -307,8 +307,9 @@ pub fn load_all(
     let mut loaded = Loaded::default();
     let mut owners: HashMap<String, ModuleRef> = HashMap::new();
     // First every module is checked, and every isolated one's process
-    // started; then each is loaded, or its process's answer taken, in order.
-    let mut planned: Vec<Planned<'_, '_>> = Vec::new();
+    // started; then each is loaded, or its process's answer taken, in order
+    // (a refused module, `Err`, is counted failed in its place).
+    let mut planned: Vec<Result<Planned<'_, '_>, ModuleRef>> = Vec::new();
     for file in &files {
         if options.only.is_some_and(|only| only != file.stem) {
             continue;
@@ -338,7 +339,7 @@ pub fn load_all(
                     None,
                     format!("not imported: {why}"),
                 );
-                loaded.failed.push(id);
+                planned.push(Err(id));
                 continue;
             }
             report(log::Level::Warn, Some(&id), None, why);
@@ -353,22 +354,28 @@ pub fn load_all(
             .isolate
             .filter(|_| mode == CallMode::Isolated)
             .map(|isolate| isolate(&id, block, &overrides));
-        planned.push(Planned {
+        planned.push(Ok(Planned {
             id,
             block,
             overrides,
             mode,
             pending,
-        });
+        }));
     }
-    for Planned {
-        id,
-        block,
-        overrides,
-        mode,
-        pending,
-    } in planned
-    {
+    for planned in planned {
+        let Planned {
+            id,
+            block,
+            overrides,
+            mode,
+            pending,
+        } = match planned {
+            Ok(planned) => planned,
+            Err(refused) => {
+                loaded.failed.push(refused);
+                continue;
+            }
+        };
         let result = if let Some(pending) = pending {
             pending
                 .and_then(|wait| wait())
