@@ -162,24 +162,34 @@ def observer_conf(udp, tcp, a_udp):
         'tcp_accept_channel { bind = 127.0.0.1 port = %d }\n' % (udp, a_udp, tcp))
 
 
+def node_head(udp, send_port):
+    """A node's globals and channels, up to the opening of its modules."""
+    return GLOBALS % '' + (
+        'udp_send_channel { host = 127.0.0.1 port = %d }\n'
+        'udp_recv_channel { bind = 127.0.0.1 port = %d }\n'
+        'modules {\n' % (send_port, udp))
+
+
+def python_module_block(paths, dirs):
+    """modpython itself, loading the Python modules of dirs['modules']."""
+    return ('  module {\n    name = "python_module"\n    path = "%s"\n    params = "%s"\n'
+            '    param self_metrics { value = "no" }\n  }\n' % (paths['so'], dirs['modules']))
+
+
 def node_conf(paths, variant, n, dirs, udp, send_port, kind='uint', timethreshold=100000,
               params=(), round_begin=False):
     """The gmond under test: N metrics bm_00000... in one group, every second.
     `params`: more (name, value) params for the Python module; `round_begin`:
     bench_round_begin first in the group, so each round's (begin, end) is
     stamped in the rounds file (see cbench.c)."""
-    c = GLOBALS % '' + (
-        'udp_send_channel { host = 127.0.0.1 port = %d }\n'
-        'udp_recv_channel { bind = 127.0.0.1 port = %d }\n' % (send_port, udp))
-    c += 'modules {\n'
+    c = node_head(udp, send_port)
     c += ('  module {\n    name = "cbench_rounds_module"\n    path = "%s"\n'
           '    param file { value = "%s" }\n  }\n' % (paths['cbench'], dirs['rounds']))
     if variant == 'c':
         c += ('  module {\n    name = "cbench_module"\n    path = "%s"\n'
               '    param count { value = "%d" }\n  }\n' % (paths['cbench'], n))
     else:
-        c += ('  module {\n    name = "python_module"\n    path = "%s"\n    params = "%s"\n'
-              '    param self_metrics { value = "no" }\n  }\n' % (paths['so'], dirs['modules']))
+        c += python_module_block(paths, dirs)
         c += ('  module {\n    name = "pybench"\n    language = "python"\n'
               '    param count { value = "%d" }\n    param kind { value = "%s" }\n' % (n, kind))
         if variant in ('inline', 'isolated'):
@@ -1071,11 +1081,16 @@ def soak(args, paths):
         fd = os.open(dirs['rounds'], os.O_RDONLY)
         end = a.started + minutes * 60
         warm = a.started + args.soak_warmup
+        child = the_module_process(a.pid) if mode == 'isolated' else None
         while True:
             now = time.monotonic()
             rss, hwm = mem_kb(a.pid)
-            samples.append((now - a.started, read_counter(fd), rss, hwm))
-            log('soak t=%6.0fs rounds=%6d RSS=%7d kB HWM=%7d kB' % samples[-1])
+            # The module process's too (0 in-process; a new one would show
+            # as a drop: the run must have none).
+            mrss, mhwm = mem_kb(child) if child else (0, 0)
+            samples.append((now - a.started, read_counter(fd), rss, hwm, mrss, mhwm))
+            log('soak t=%6.0fs rounds=%6d RSS=%7d kB HWM=%7d kB module RSS=%7d kB HWM=%7d kB'
+                % samples[-1])
             if now >= end or not a.alive():
                 break
             time.sleep(min(args.soak_every, max(0.0, end - now)))
@@ -1090,10 +1105,14 @@ def soak(args, paths):
     growth_kb = last[2] - first[2]
     # Least-squares slope of RSS over calls, to separate a trend from noise.
     xs = [s[1] * n for s in base]
-    ys = [s[2] * 1024.0 for s in base]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs) or 1.0
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+
+    def trend(column):
+        ys = [s[column] * 1024.0 for s in base]
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        sxx = sum((x - mx) ** 2 for x in xs) or 1.0
+        return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+
+    slope = trend(2)
     lines = ['## Soak %s\n' % time.strftime('%Y-%m-%d %H:%M'),
              'Machine: %s; kernel %s; %s; libpython3.11 %s\n' % (
                  info['cpu'], info['kernel'], info['gmond'], info['python']),
@@ -1113,6 +1132,14 @@ def soak(args, paths):
              '%+.4f bytes per call; RSS range during measurement %d..%d kB.' % (
                  calls, growth_kb, growth_kb * 1024.0 / max(calls, 1), slope,
                  min(s[2] for s in base), max(s[2] for s in base))]
+    if mode == 'isolated':
+        m_growth = last[4] - first[4]
+        lines += ['', 'Module process (pid %d): VmRSS %d kB at start, %d kB at the start of '
+                  'measurement, %d kB at the end (VmHWM %d kB); growth %+d kB = %+.4f bytes per '
+                  'call; least-squares trend %+.4f bytes per call; range %d..%d kB.' % (
+                      child, samples[0][4], first[4], last[4], last[5], m_growth,
+                      m_growth * 1024.0 / max(calls, 1), trend(4),
+                      min(s[4] for s in base), max(s[4] for s in base))]
     problems = [ln for ln in text.splitlines() if re.search(r'error|fail', ln, re.I)]
     if problems:
         lines.append('\ngmond log problems: %s' % problems[:5])
@@ -1183,12 +1210,7 @@ def pinning(args, paths):
 def startup_conf(paths, mode, k, n, dirs, udp):
     """gmond with K Python modules of N metrics each (pybench_0 ...), all in
     `mode`; no collection group: only gmond's start is measured."""
-    c = GLOBALS % '' + (
-        'udp_send_channel { host = 127.0.0.1 port = %d }\n'
-        'udp_recv_channel { bind = 127.0.0.1 port = %d }\n' % (udp, udp))
-    c += 'modules {\n'
-    c += ('  module {\n    name = "python_module"\n    path = "%s"\n    params = "%s"\n'
-          '    param self_metrics { value = "no" }\n  }\n' % (paths['so'], dirs['modules']))
+    c = node_head(udp, udp) + python_module_block(paths, dirs)
     for i in range(k):
         c += ('  module {\n    name = "pybench_%d"\n    language = "python"\n'
               '    param count { value = "%d" }\n    param prefix { value = "m%d_" }\n'
@@ -1268,7 +1290,7 @@ def main():
                     help='gmond start-up with K modules (default 4) of --startup-metrics '
                     'each, protected against isolated')
     ap.add_argument('--startup-metrics', type=int, default=1500)
-    ap.add_argument('--soak-mode', default='protected', choices=('protected', 'inline'))
+    ap.add_argument('--soak-mode', default='protected', choices=('protected', 'inline', 'isolated'))
     ap.add_argument('--soak-every', type=float, default=15.0)
     ap.add_argument('--soak-warmup', type=float, default=30.0)
     args = ap.parse_args()

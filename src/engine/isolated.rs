@@ -525,25 +525,27 @@ impl IsolatedModule {
                 process.kill();
                 let ended = process.reap();
                 let traceback = process.crash_text();
-                let retry = self.back_off(&process);
-                report(
-                    Level::Error,
-                    Some(id),
+                let ran = since.elapsed();
+                self.down_after(
+                    &process,
+                    id,
                     running.map(|j| &*names[j]),
-                    format!(
-                        "its process (pid {}) was killed: {during} had not returned after {:.1}s (kill_after){}; the module's metrics keep their last good values; it is started again in {:.0}s{}",
-                        process.pid(),
-                        since.elapsed().as_secs_f64(),
-                        if ended.is_none() {
-                            " (it has not died yet: a call stuck in the kernel ends when it leaves it)"
-                        } else {
-                            ""
-                        },
-                        retry.as_secs_f64(),
-                        with_traceback(&traceback)
-                    ),
-                );
-                down_for(retry, Happened::Killed)
+                    Happened::Killed,
+                    |retry| {
+                        format!(
+                            "its process (pid {}) was killed: {during} had not returned after {:.1}s (kill_after){}; the module's metrics keep their last good values; it is started again in {:.0}s{}",
+                            process.pid(),
+                            ran.as_secs_f64(),
+                            if ended.is_none() {
+                                " (it has not died yet: a call stuck in the kernel ends when it leaves it)"
+                            } else {
+                                ""
+                            },
+                            retry.as_secs_f64(),
+                            with_traceback(&traceback)
+                        )
+                    },
+                )
             }
             Life::Loading {
                 mut process,
@@ -573,17 +575,18 @@ impl IsolatedModule {
                             }
                             Some(FromChild::LoadFailed { message }) => {
                                 process.reap();
-                                let retry = self.back_off(&process);
-                                report(
-                                    Level::Error,
-                                    Some(id),
+                                return self.down_after(
+                                    &process,
+                                    id,
                                     None,
-                                    format!(
-                                        "starting its process again failed: {message}; tried again in {:.0}s",
-                                        retry.as_secs_f64()
-                                    ),
+                                    Happened::Nothing,
+                                    |retry| {
+                                        format!(
+                                            "starting its process again failed: {message}; tried again in {:.0}s",
+                                            retry.as_secs_f64()
+                                        )
+                                    },
                                 );
-                                return down_for(retry, Happened::Nothing);
                             }
                             _ => {}
                         },
@@ -606,18 +609,14 @@ impl IsolatedModule {
                 }
                 process.kill();
                 process.reap();
-                let retry = self.back_off(&process);
-                report(
-                    Level::Error,
-                    Some(id),
-                    None,
+                let init_timeout = self.init_timeout;
+                self.down_after(&process, id, None, Happened::Nothing, |retry| {
                     format!(
                         "its restarted process did not finish import and metric_init within init_timeout ({:.0}s) and was killed; tried again in {:.0}s",
-                        self.init_timeout.as_secs_f64(),
+                        init_timeout.as_secs_f64(),
                         retry.as_secs_f64()
-                    ),
-                );
-                down_for(retry, Happened::Nothing)
+                    )
+                })
             }
             Life::Down { retry_at } => {
                 // gmond's rounds are not exactly one interval apart: one a
@@ -672,14 +671,9 @@ impl IsolatedModule {
     fn died_loading(&mut self, mut process: ModuleProcess, id: &ModuleRef) -> (Life, Happened) {
         let why = ended_while_loading(&mut process);
         let why = why.replace("; the module is skipped", "");
-        let retry = self.back_off(&process);
-        report(
-            Level::Error,
-            Some(id),
-            None,
-            format!("{why}\nit is started again in {:.0}s", retry.as_secs_f64()),
-        );
-        down_for(retry, Happened::Nothing)
+        self.down_after(&process, id, None, Happened::Nothing, |retry| {
+            format!("{why}\nit is started again in {:.0}s", retry.as_secs_f64())
+        })
     }
 
     /// A restarted process answered `metric_init`: it goes on only with
@@ -757,19 +751,20 @@ impl IsolatedModule {
             .status()
             .current_call()
             .and_then(|p| self.index_at(p));
-        let retry = self.back_off(&process);
-        report(
-            Level::Error,
-            Some(id),
+        self.down_after(
+            &process,
+            id,
             metric.map(|j| &*names[j]),
-            format!(
-                "its process (pid {}) {how} during {during}; the module's metrics keep their last good values; it is started again in {:.0}s{}",
-                process.pid(),
-                retry.as_secs_f64(),
-                with_traceback(&traceback)
-            ),
-        );
-        down_for(retry, Happened::Nothing)
+            Happened::Nothing,
+            |retry| {
+                format!(
+                    "its process (pid {}) {how} during {during}; the module's metrics keep their last good values; it is started again in {:.0}s{}",
+                    process.pid(),
+                    retry.as_secs_f64(),
+                    with_traceback(&traceback)
+                )
+            },
+        )
     }
 
     /// A batch answered with another number of outcomes than it had calls:
@@ -785,19 +780,30 @@ impl IsolatedModule {
     ) -> (Life, Happened) {
         process.kill();
         process.reap();
-        let retry = self.back_off(&process);
-        report(
-            Level::Error,
-            Some(id),
-            None,
+        self.down_after(&process, id, None, Happened::Nothing, |retry| {
             format!(
                 "its process (pid {}) answered {got} result(s) to a batch of {wanted} call(s), which cannot be matched to metrics; it was killed and is started again in {:.0}s. If this repeats, check that {} is the one installed with this modpython.so",
                 process.pid(),
                 retry.as_secs_f64(),
                 crate::isolation::HELPER_NAME
-            ),
-        );
-        down_for(retry, Happened::Nothing)
+            )
+        })
+    }
+
+    /// The one way a process's end is told and the module goes down: the
+    /// back-off after `process`, the error line `say(retry)` (naming
+    /// `metric` where one was running), and no process until then.
+    fn down_after(
+        &mut self,
+        process: &ModuleProcess,
+        id: &ModuleRef,
+        metric: Option<&str>,
+        happened: Happened,
+        say: impl FnOnce(Duration) -> String,
+    ) -> (Life, Happened) {
+        let retry = self.back_off(process);
+        report(Level::Error, Some(id), metric, say(retry));
+        down_for(retry, happened)
     }
 
     fn back_off(&mut self, process: &ModuleProcess) -> Duration {
