@@ -10,11 +10,11 @@
 //! signal's traceback; [`STATUS_FD`], a shared page telling gmond which
 //! call is running ([`crate::isolation::Status`]).
 
-use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use log::{Log, Metadata, Record};
 use pyo3::exceptions::PyMemoryError;
@@ -42,6 +42,9 @@ struct Out {
     /// while it takes the answer of `metric_init`, which at start-up may
     /// be after it has loaded other modules). Sent before anything else.
     held: Vec<u8>,
+    /// Bytes ever sent from `held`, by any thread: a frame added to it is
+    /// sent once this passes where the frame ended.
+    sent_from_held: u64,
 }
 
 /// Log bytes held back at most; lines past it are dropped and counted.
@@ -50,66 +53,45 @@ const HELD_MAX: usize = 1024 * 1024;
 impl Out {
     /// Sends what it can of `bytes` without waiting; returns how much.
     fn send_now(&self, bytes: &[u8]) -> Result<usize, ()> {
-        // SAFETY: send on our socket, from a buffer that outlives the call.
-        let sent = unsafe {
-            libc::send(
-                self.stream.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if sent >= 0 {
-            return Ok(sent as usize);
-        }
-        match std::io::Error::last_os_error().kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Ok(0),
-            _ => Err(()),
+        loop {
+            // SAFETY: send on our socket, from a buffer that outlives the call.
+            let sent = unsafe {
+                libc::send(
+                    self.stream.as_raw_fd(),
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if sent >= 0 {
+                return Ok(sent as usize);
+            }
+            match std::io::Error::last_os_error().kind() {
+                std::io::ErrorKind::Interrupted => {}
+                std::io::ErrorKind::WouldBlock => return Ok(0),
+                _ => return Err(()),
+            }
         }
     }
 
-    /// Sends what it can of the held log frames without waiting.
+    /// Sends what it can of the held bytes without waiting.
     fn flush_some(&mut self) -> Result<(), ()> {
-        if !self.held.is_empty() {
-            let sent = self.send_now(&self.held)?;
-            self.held.drain(..sent);
+        if self.held.is_empty() {
+            return Ok(());
         }
+        let sent = self.send_now(&self.held)?;
+        self.held.drain(..sent);
+        self.sent_from_held += sent as u64;
         Ok(())
     }
-}
-
-fn send(frame: &[u8]) {
-    if !in_module_process() {
-        return;
-    }
-    let mut out = OUT.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(out) = out.as_mut() {
-        let held = std::mem::take(&mut out.held);
-        if out.stream.write_all(&held).is_err() || out.stream.write_all(frame).is_err() {
-            // gmond is gone: nothing is left to answer.
-            end_process_group();
-        }
-    }
-}
-
-fn send_message(message: &FromChild) {
-    let mut e = Encoder::default();
-    e.from_child(message);
-    send(e.bytes());
 }
 
 /// Log lines dropped because gmond had not read the socket for a while.
 static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
 
-/// Sends a log line, or holds it back if the socket has no room now. A
-/// module's own thread printing while gmond does not read (between rounds,
-/// or while a call is late) must not block: it may hold the GIL the calls
-/// need.
-fn send_log(message: &FromChild) {
-    if !in_module_process() {
-        return;
-    }
-    let mut e = Encoder::default();
+/// Adds the line that says how many lines were dropped, if any were, to
+/// `e`; returns that count (to be counted again should this go too).
+fn note_dropped(e: &mut Encoder) -> u64 {
     let dropped = DROPPED_LINES.swap(0, Ordering::Relaxed);
     if dropped > 0 {
         e.from_child(&FromChild::Log {
@@ -120,10 +102,105 @@ fn send_log(message: &FromChild) {
             ),
         });
     }
+    dropped
+}
+
+/// Waits until the socket has room (or gmond closed it), or `ms` passed
+/// (-1: no limit). Never with [`OUT`] locked: a module thread that logs
+/// meanwhile, perhaps holding the GIL, must not wait for gmond too.
+fn wait_for_room(fd: RawFd, ms: i32) {
+    let mut pollfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: poll on one descriptor of ours, with a struct we own. EINTR
+    // only makes the caller look again.
+    unsafe { libc::poll(&mut pollfd, 1, ms) };
+}
+
+/// Sends `frame` whole, after everything held before it: waits as long as
+/// gmond does not read, but with [`OUT`] unlocked while it waits.
+fn send(frame: &[u8]) {
+    if !in_module_process() {
+        return;
+    }
+    // Where this frame ends in the stream of held bytes (a module thread
+    // that logs meanwhile may send part of it, or add behind it).
+    let end = {
+        let mut out = OUT.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(out) = out.as_mut() else {
+            return;
+        };
+        let mut e = Encoder::default();
+        note_dropped(&mut e);
+        out.held.extend_from_slice(e.bytes());
+        out.held.extend_from_slice(frame);
+        out.sent_from_held + out.held.len() as u64
+    };
+    loop {
+        let fd = {
+            let mut out = OUT.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(out) = out.as_mut() else {
+                return;
+            };
+            if out.flush_some().is_err() {
+                // gmond is gone: nothing is left to answer.
+                end_process_group();
+            }
+            if out.sent_from_held >= end {
+                return;
+            }
+            out.stream.as_raw_fd()
+        };
+        wait_for_room(fd, -1);
+    }
+}
+
+/// Sends what is held, waiting up to `limit` for gmond to read it: the
+/// last lines before the process ends say why it ends.
+fn flush_before_exit(limit: Duration) {
+    let until = Instant::now() + limit;
+    loop {
+        let fd = {
+            let mut out = OUT.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(out) = out.as_mut() else {
+                return;
+            };
+            if out.flush_some().is_err() || out.held.is_empty() {
+                return;
+            }
+            out.stream.as_raw_fd()
+        };
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        wait_for_room(fd, left.as_millis().clamp(1, 1000) as i32);
+    }
+}
+
+fn send_message(message: &FromChild) {
+    let mut e = Encoder::default();
+    e.from_child(message);
+    send(e.bytes());
+}
+
+/// Sends a log line, or holds it back if the socket has no room now. A
+/// module's own thread printing while gmond does not read (between rounds,
+/// or while a call is late) must not block: it may hold the GIL the calls
+/// need.
+fn send_log(message: &FromChild) {
+    if !in_module_process() {
+        return;
+    }
+    let mut e = Encoder::default();
+    let dropped = note_dropped(&mut e);
     e.from_child(message);
     let bytes = e.bytes();
     let mut out = OUT.lock().unwrap_or_else(|p| p.into_inner());
     let Some(out) = out.as_mut() else {
+        DROPPED_LINES.fetch_add(dropped + 1, Ordering::Relaxed);
         return;
     };
     if out.flush_some().is_err() {
@@ -140,9 +217,14 @@ fn send_log(message: &FromChild) {
     if sent == bytes.len() {
         return;
     }
+    let rest = &bytes[sent..];
     // A frame begun must be finished before any other: its rest is held.
-    if sent > 0 || out.held.len() + bytes.len() <= HELD_MAX {
-        out.held.extend_from_slice(&bytes[sent..]);
+    // A line not begun is held only within the bound, and only if the
+    // memory can be had (under a memory_limit a failed allocation would
+    // abort the process).
+    let fits = out.held.len() + rest.len() <= HELD_MAX && out.held.try_reserve(rest.len()).is_ok();
+    if sent > 0 || fits {
+        out.held.extend_from_slice(rest);
     } else {
         DROPPED_LINES.fetch_add(dropped + 1, Ordering::Relaxed);
     }
@@ -314,6 +396,14 @@ fn close_inherited() {
 
 /// The module process's `main`. Returns the exit status.
 pub fn main() -> i32 {
+    let status = run();
+    // What it logged last (why it ends, when it ends on its own) may be
+    // held, gmond not reading at that moment.
+    flush_before_exit(Duration::from_secs(2));
+    status
+}
+
+fn run() -> i32 {
     // SAFETY: getpid has no preconditions.
     MAIN_PID.store(unsafe { libc::getpid() }, Ordering::Relaxed);
     close_inherited();
@@ -339,6 +429,7 @@ pub fn main() -> i32 {
     *OUT.lock().unwrap_or_else(|p| p.into_inner()) = Some(Out {
         stream: writer,
         held: Vec::new(),
+        sent_from_held: 0,
     });
     let mut reader = stream;
     let mut frames = FrameBuffer::default();
