@@ -74,6 +74,14 @@ impl Out {
         }
     }
 
+    /// Holds `bytes` behind what is held; `Err` if the memory cannot be
+    /// had.
+    fn hold(&mut self, bytes: &[u8]) -> Result<(), ()> {
+        self.held.try_reserve(bytes.len()).map_err(|_| ())?;
+        self.held.extend_from_slice(bytes);
+        Ok(())
+    }
+
     /// Sends what it can of the held bytes without waiting.
     fn flush_some(&mut self) -> Result<(), ()> {
         if self.held.is_empty() {
@@ -119,6 +127,14 @@ fn wait_for_room(fd: RawFd, ms: i32) {
     unsafe { libc::poll(&mut pollfd, 1, ms) };
 }
 
+/// A frame begun cannot be finished for want of memory: the process ends
+/// as going over its memory_limit does.
+fn out_of_memory() -> ! {
+    // SAFETY: _exit ends the process at once; nothing is left to unwind
+    // that gmond needs (it sees the exit status).
+    unsafe { libc::_exit(EXIT_MEMORY) }
+}
+
 /// Sends `frame` whole, after everything held before it: waits as long as
 /// gmond does not read, but with [`OUT`] unlocked while it waits.
 fn send(frame: &[u8]) {
@@ -133,9 +149,26 @@ fn send(frame: &[u8]) {
             return;
         };
         let mut e = Encoder::default();
-        note_dropped(&mut e);
-        out.held.extend_from_slice(e.bytes());
-        out.held.extend_from_slice(frame);
+        let dropped = note_dropped(&mut e);
+        if dropped > 0 && out.hold(e.bytes()).is_err() {
+            DROPPED_LINES.fetch_add(dropped, Ordering::Relaxed);
+        }
+        // Straight out when nothing waits before it; only the rest is held
+        // (copying a large answer could fail under a memory_limit).
+        let sent = if out.held.is_empty() {
+            match out.send_now(frame) {
+                Ok(n) => n,
+                Err(()) => end_process_group(),
+            }
+        } else {
+            0
+        };
+        if sent == frame.len() {
+            return;
+        }
+        if out.hold(&frame[sent..]).is_err() {
+            out_of_memory();
+        }
         out.sent_from_held + out.held.len() as u64
     };
     loop {
@@ -157,17 +190,25 @@ fn send(frame: &[u8]) {
     }
 }
 
-/// Sends what is held, waiting up to `limit` for gmond to read it: the
-/// last lines before the process ends say why it ends.
+/// Sends what is held now (not what module threads add meanwhile),
+/// waiting up to `limit` for gmond to read it: the last lines before the
+/// process ends say why it ends.
 fn flush_before_exit(limit: Duration) {
     let until = Instant::now() + limit;
+    let end = {
+        let out = OUT.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(out) = out.as_ref() else {
+            return;
+        };
+        out.sent_from_held + out.held.len() as u64
+    };
     loop {
         let fd = {
             let mut out = OUT.lock().unwrap_or_else(|p| p.into_inner());
             let Some(out) = out.as_mut() else {
                 return;
             };
-            if out.flush_some().is_err() || out.held.is_empty() {
+            if out.flush_some().is_err() || out.sent_from_held >= end {
                 return;
             }
             out.stream.as_raw_fd()
@@ -222,10 +263,11 @@ fn send_log(message: &FromChild) {
     // A line not begun is held only within the bound, and only if the
     // memory can be had (under a memory_limit a failed allocation would
     // abort the process).
-    let fits = out.held.len() + rest.len() <= HELD_MAX && out.held.try_reserve(rest.len()).is_ok();
-    if sent > 0 || fits {
-        out.held.extend_from_slice(rest);
-    } else {
+    if sent > 0 {
+        if out.hold(rest).is_err() {
+            out_of_memory();
+        }
+    } else if out.held.len() + rest.len() > HELD_MAX || out.hold(rest).is_err() {
         DROPPED_LINES.fetch_add(dropped + 1, Ordering::Relaxed);
     }
 }
@@ -397,9 +439,12 @@ fn close_inherited() {
 /// The module process's `main`. Returns the exit status.
 pub fn main() -> i32 {
     let status = run();
-    // What it logged last (why it ends, when it ends on its own) may be
-    // held, gmond not reading at that moment.
-    flush_before_exit(Duration::from_secs(2));
+    if status != 0 {
+        // It ends on its own (over its memory limit, a user it could not
+        // become): the line saying why may be held, gmond not reading at
+        // that moment. After a clean end gmond reads no more.
+        flush_before_exit(Duration::from_secs(2));
+    }
     status
 }
 
@@ -431,7 +476,9 @@ fn run() -> i32 {
         held: Vec::new(),
         sent_from_held: 0,
     });
-    let mut reader = stream;
+    // Never closed: the watcher polls this descriptor until the process
+    // ends, and its number must not go to a file the module opens.
+    let mut reader = std::mem::ManuallyDrop::new(stream);
     let mut frames = FrameBuffer::default();
     let request = match next_request(&mut reader, &mut frames) {
         Some(Ok(ToChild::Start(request))) => request,
