@@ -74,6 +74,17 @@ impl Out {
         }
     }
 
+    /// Sends what it can of `bytes` without waiting, unless something is
+    /// held (it goes first); returns how much went. Ends the process if
+    /// gmond is gone.
+    fn send_unless_held(&self, bytes: &[u8]) -> usize {
+        if !self.held.is_empty() {
+            return 0;
+        }
+        self.send_now(bytes)
+            .unwrap_or_else(|()| end_process_group())
+    }
+
     /// Holds `bytes` behind what is held; `Err` if the memory cannot be
     /// had.
     fn hold(&mut self, bytes: &[u8]) -> Result<(), ()> {
@@ -155,14 +166,7 @@ fn send(frame: &[u8]) {
         }
         // Straight out when nothing waits before it; only the rest is held
         // (copying a large answer could fail under a memory_limit).
-        let sent = if out.held.is_empty() {
-            match out.send_now(frame) {
-                Ok(n) => n,
-                Err(()) => end_process_group(),
-            }
-        } else {
-            0
-        };
+        let sent = out.send_unless_held(frame);
         if sent == frame.len() {
             return;
         }
@@ -171,6 +175,13 @@ fn send(frame: &[u8]) {
         }
         out.sent_from_held + out.held.len() as u64
     };
+    send_held_through(end, None);
+}
+
+/// Waits until the held bytes up to `end` (counted as `sent_from_held`)
+/// are sent: with no limit, ending the process if gmond is gone; or until
+/// `until`.
+fn send_held_through(end: u64, until: Option<Instant>) {
     loop {
         let fd = {
             let mut out = OUT.lock().unwrap_or_else(|p| p.into_inner());
@@ -178,15 +189,28 @@ fn send(frame: &[u8]) {
                 return;
             };
             if out.flush_some().is_err() {
-                // gmond is gone: nothing is left to answer.
-                end_process_group();
+                if until.is_none() {
+                    // gmond is gone: nothing is left to answer.
+                    end_process_group();
+                }
+                return;
             }
             if out.sent_from_held >= end {
                 return;
             }
             out.stream.as_raw_fd()
         };
-        wait_for_room(fd, -1);
+        let ms = match until {
+            None => -1,
+            Some(until) => {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return;
+                }
+                left.as_millis().clamp(1, 1000) as i32
+            }
+        };
+        wait_for_room(fd, ms);
     }
 }
 
@@ -194,7 +218,6 @@ fn send(frame: &[u8]) {
 /// waiting up to `limit` for gmond to read it: the last lines before the
 /// process ends say why it ends.
 fn flush_before_exit(limit: Duration) {
-    let until = Instant::now() + limit;
     let end = {
         let out = OUT.lock().unwrap_or_else(|p| p.into_inner());
         let Some(out) = out.as_ref() else {
@@ -202,23 +225,7 @@ fn flush_before_exit(limit: Duration) {
         };
         out.sent_from_held + out.held.len() as u64
     };
-    loop {
-        let fd = {
-            let mut out = OUT.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(out) = out.as_mut() else {
-                return;
-            };
-            if out.flush_some().is_err() || out.sent_from_held >= end {
-                return;
-            }
-            out.stream.as_raw_fd()
-        };
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        wait_for_room(fd, left.as_millis().clamp(1, 1000) as i32);
-    }
+    send_held_through(end, Some(Instant::now() + limit));
 }
 
 fn send_message(message: &FromChild) {
@@ -247,14 +254,7 @@ fn send_log(message: &FromChild) {
     if out.flush_some().is_err() {
         end_process_group();
     }
-    let sent = if out.held.is_empty() {
-        match out.send_now(bytes) {
-            Ok(n) => n,
-            Err(()) => end_process_group(),
-        }
-    } else {
-        0
-    };
+    let sent = out.send_unless_held(bytes);
     if sent == bytes.len() {
         return;
     }
