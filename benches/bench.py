@@ -308,16 +308,24 @@ def next_round(fd, timeout=5.0):
 # One real-gmond measurement
 # --------------------------------------------------------------------------
 
-def gmond_run(paths, variant, n, window, warmup):
-    work = tempfile.mkdtemp(prefix='modpython-bench-')
+def bench_dir(prefix, names=('pybench',)):
+    """A work directory whose modules/ holds pybench.py as each of `names`
+    (mode 0644, compiled beforehand, as on every start of a site's gmond
+    but the first: gmond imports modules as root and Python writes
+    __pycache__ then), and where a rounds file goes; returns (work, dirs)."""
+    work = tempfile.mkdtemp(prefix=prefix)
     dirs = {'modules': os.path.join(work, 'modules'), 'rounds': os.path.join(work, 'rounds')}
     os.mkdir(dirs['modules'], 0o755)
-    shutil.copy(os.path.join(HERE, 'pybench.py'), dirs['modules'])
-    os.chmod(os.path.join(dirs['modules'], 'pybench.py'), 0o644)
-    # Compiled beforehand, as on every start of a site's gmond but the first
-    # (gmond imports modules as root and Python writes __pycache__ then).
-    source = os.path.join(dirs['modules'], 'pybench.py')
-    py_compile.compile(source, cfile=importlib.util.cache_from_source(source), doraise=True)
+    for name in names:
+        dst = os.path.join(dirs['modules'], name + '.py')
+        shutil.copy(os.path.join(HERE, 'pybench.py'), dst)
+        os.chmod(dst, 0o644)
+        py_compile.compile(dst, cfile=importlib.util.cache_from_source(dst), doraise=True)
+    return work, dirs
+
+
+def gmond_run(paths, variant, n, window, warmup):
+    work, dirs = bench_dir('modpython-bench-')
     b = a = None
     try:
         for attempt in range(4):
@@ -460,13 +468,7 @@ def restart_run(paths, n, warmup, timeout=180.0):
     to import and metric_init, when the metrics are called again, and how
     long gmond's thread spent in each round meanwhile (cbench.c stamps
     every round's begin and end)."""
-    work = tempfile.mkdtemp(prefix='modpython-restart-')
-    dirs = {'modules': os.path.join(work, 'modules'), 'rounds': os.path.join(work, 'rounds')}
-    os.mkdir(dirs['modules'], 0o755)
-    shutil.copy(os.path.join(HERE, 'pybench.py'), dirs['modules'])
-    os.chmod(os.path.join(dirs['modules'], 'pybench.py'), 0o644)
-    source = os.path.join(dirs['modules'], 'pybench.py')
-    py_compile.compile(source, cfile=importlib.util.cache_from_source(source), doraise=True)
+    work, dirs = bench_dir('modpython-restart-')
     stamp_path = os.path.join(work, 'stamp')
     with open(stamp_path, 'wb') as f:
         f.write(bytes(4096))
@@ -577,12 +579,9 @@ DRIVER_LINE = re.compile(r'^(\S+)\s+([\d.]+) ns/call\s+([\d.]+) cpu-ns/call'
 
 
 def driver_run(paths, variant, iterations):
-    work = tempfile.mkdtemp(prefix='modpython-driver-')
+    work, dirs = bench_dir('modpython-driver-')
     try:
-        mods = os.path.join(work, 'modules')
-        os.mkdir(mods, 0o755)
-        shutil.copy(os.path.join(HERE, 'pybench.py'), mods)
-        os.chmod(os.path.join(mods, 'pybench.py'), 0o644)
+        mods = dirs['modules']
         if variant == 'c':
             conf = ('modules {\n  module {\n    name = "cbench_module"\n    path = "%s"\n'
                     '    param count { value = "1" }\n  }\n}\n' % paths['cbench'])
@@ -1064,11 +1063,7 @@ def soak(args, paths):
     minutes = args.soak
     n = 1500
     mode = args.soak_mode
-    work = tempfile.mkdtemp(prefix='modpython-soak-')
-    dirs = {'modules': os.path.join(work, 'modules'), 'rounds': os.path.join(work, 'rounds')}
-    os.mkdir(dirs['modules'], 0o755)
-    shutil.copy(os.path.join(HERE, 'pybench.py'), dirs['modules'])
-    os.chmod(os.path.join(dirs['modules'], 'pybench.py'), 0o644)
+    work, dirs = bench_dir('modpython-soak-')
     info = machine()
     # Nobody listens on the send port: the one send at start goes nowhere.
     a = Proc(node_conf(paths, mode, n, dirs, free_port(socket.SOCK_DGRAM),
@@ -1163,11 +1158,7 @@ def pinning(args, paths):
     Measures one gmond three ways: as the kernel places the threads, with
     the worker pinned to the other CPU, and with both on one CPU."""
     n = args.pinning
-    work = tempfile.mkdtemp(prefix='modpython-pin-')
-    dirs = {'modules': os.path.join(work, 'modules'), 'rounds': os.path.join(work, 'rounds')}
-    os.mkdir(dirs['modules'], 0o755)
-    shutil.copy(os.path.join(HERE, 'pybench.py'), dirs['modules'])
-    os.chmod(os.path.join(dirs['modules'], 'pybench.py'), 0o644)
+    work, dirs = bench_dir('modpython-pin-')
     a = Proc(node_conf(paths, 'protected', n, dirs, free_port(socket.SOCK_DGRAM),
                        free_port(socket.SOCK_DGRAM)), work, 'node')
     out = ['## Thread placement, protected mode, N=%d (%s)\n' % (n, time.strftime('%Y-%m-%d %H:%M')),
@@ -1230,14 +1221,7 @@ def startup(args, paths):
     found = {'protected': [], 'isolated': []}
     for run in range(args.runs):
         for mode in found:
-            work = tempfile.mkdtemp(prefix='modpython-start-')
-            dirs = {'modules': os.path.join(work, 'modules')}
-            os.mkdir(dirs['modules'], 0o755)
-            for i in range(k):
-                dst = os.path.join(dirs['modules'], 'pybench_%d.py' % i)
-                shutil.copy(os.path.join(HERE, 'pybench.py'), dst)
-                os.chmod(dst, 0o644)
-                py_compile.compile(dst, doraise=True)
+            work, dirs = bench_dir('modpython-start-', ['pybench_%d' % i for i in range(k)])
             udp, tcp = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM)
             conf = startup_conf(paths, mode, k, n, dirs, udp)
             conf += 'tcp_accept_channel { bind = 127.0.0.1 port = %d }\n' % tcp

@@ -555,16 +555,15 @@ impl IsolatedModule {
                 // The round that starts the process waits a little for its
                 // answer (a small module loads in well under it), so that
                 // it is called again in that round rather than the next.
-                let first_end = answer_by;
-                let slice_end = Instant::now().max(first_end) + LOADING_SLICE;
+                let slice_end = Instant::now().max(answer_by) + LOADING_SLICE;
                 for _ in 0..DRAIN_MAX {
                     // A large module's metrics arrive in one message bigger
                     // than the socket's buffer: while it streams in, this
                     // round waits a little for the rest instead of taking
                     // one buffer's worth per round.
                     let now = Instant::now();
-                    let until = if now < first_end {
-                        Some(first_end)
+                    let until = if now < answer_by {
+                        Some(answer_by)
                     } else {
                         (process.mid_message() && now < slice_end).then_some(slice_end)
                     };
@@ -973,11 +972,7 @@ impl IsolatedModule {
         let Some(during) = ended_early else {
             return;
         };
-        // A death of gmond's making (the stop request could not be sent,
-        // or a malformed message) or a clean exit is not the module's crash.
-        let crashed =
-            |e: &Ended| !e.killed && (e.signal.is_some() || e.code.is_some_and(|c| c != 0));
-        if let Some(ended) = ended.filter(crashed) {
+        if let Some(ended) = ended.filter(Ended::is_crash) {
             let traceback = process.crash_text();
             report(
                 Level::Error,

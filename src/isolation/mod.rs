@@ -211,6 +211,13 @@ pub struct Ended {
 }
 
 impl Ended {
+    /// Whether the end was the module's doing: a signal or a failing exit
+    /// status, not a kill of gmond's (a stop request that could not be
+    /// sent, a malformed message) or a clean exit.
+    pub fn is_crash(&self) -> bool {
+        !self.killed && (self.signal.is_some() || self.code.is_some_and(|c| c != 0))
+    }
+
     /// "killed by signal SIGSEGV (segmentation fault)", "exited with status 3", …
     pub fn how(&self) -> String {
         match (self.signal, self.code) {
